@@ -1,0 +1,42 @@
+// pybind11 module `_C_cpu`: thin launchers over raw pointers. Pointers arrive as integers
+// (tensor.data_ptr()); the Python side validates devices, dtypes, shapes and strides.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <cstdint>
+#include "common/geometry.h"
+#include "cpu/kernels.h"
+
+namespace py = pybind11;
+
+template <typename T>
+static T* P(uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+PYBIND11_MODULE(_C_cpu, m) {
+  m.doc() = "transgan_fast CPU kernels (OpenMP); no libtorch dependency";
+
+  m.def("pixel_shuffle_seq_f32",
+        [](uintptr_t x, uintptr_t pos, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C,
+           int64_t sxb, int64_t sxn, int64_t spb, int threads) {
+          py::gil_scoped_release nogil;
+          tgf::pixel_shuffle_seq_f32(P<const float>(x), P<const float>(pos), P<float>(out), B, H, W,
+                                     C, sxb, sxn, spb, threads);
+        });
+  m.def("pixel_unshuffle_seq_f32",
+        [](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C, int64_t sxb,
+           int64_t sxn, int threads) {
+          py::gil_scoped_release nogil;
+          tgf::pixel_unshuffle_seq_f32(P<const float>(x), P<float>(out), B, H, W, C, sxb, sxn, threads);
+        });
+
+  // Index math exposed for tests (the same header the CUDA kernels compile): for every
+  // (query, key) pair, the bias row if the key is visible, else -1; row-major N x N.
+  m.def("geom_table", [](std::vector<int> g) {
+    tgf::Geom G{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+    const int N = G.H * G.W;
+    std::vector<int> t(static_cast<size_t>(N) * N);
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < N; ++j)
+        t[static_cast<size_t>(i) * N + j] = tgf::visible(G, i, j) ? tgf::bias_row(G, i, j) : -1;
+    return t;
+  });
+}

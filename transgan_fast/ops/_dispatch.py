@@ -1,0 +1,206 @@
+"""Backend registry and dispatch shared by every op.
+
+A backend is a table `{op_name: kernel}` plus the devices and dtypes it serves. Backend modules
+(`_cpu.py`, `_cuda.py`, `_triton/`, and `_ref_kernels.py`) fill `KERNELS` with `register_kernel`.
+`resolve()` turns the user's `backend=` argument (or `TRANSGAN_FAST_BACKEND`) into a backend name:
+`auto` picks the fastest backend that can run this op on these tensors and logs the choice once;
+an explicit request that cannot run raises `BackendUnavailableError` saying why. Nothing falls back
+silently and nothing is cast silently.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+
+from .. import _ext
+
+log = logging.getLogger("transgan_fast")
+
+BACKENDS = ("ref", "cpu", "cuda", "triton")
+ENV_VAR = "TRANSGAN_FAST_BACKEND"
+
+# KERNELS[backend][op] -> callable; filled by the backend modules at import.
+KERNELS: Dict[str, Dict[str, Callable]] = {b: {} for b in BACKENDS}
+
+# dtypes each backend accepts, per device type.
+DTYPES = {
+    "ref": {"cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+            "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)},
+    "cpu": {"cpu": (torch.float32,)},
+    "cuda": {"cuda": (torch.float16, torch.bfloat16, torch.float32)},
+    # On the CPU only under the interpreter, which computes bfloat16 dot products wrongly.
+    "triton": {"cuda": (torch.float16, torch.bfloat16, torch.float32),
+               "cpu": (torch.float16, torch.float32)},
+}
+
+# The kernels a public op needs from a backend (forward and backward).
+OP_KERNELS = {
+    "attention": ("attn_fwd", "attn_bwd"),
+    "attention_qkv": ("attn_fwd", "attn_bwd"),
+    "pixel_shuffle_seq": ("pixel_shuffle_seq", "pixel_unshuffle_seq"),
+    "pixel_unshuffle_seq": ("pixel_shuffle_seq", "pixel_unshuffle_seq"),
+    "bicubic_upsample_seq": ("bicubic_upsample_seq", "bicubic_upsample_seq_adjoint"),
+    "avg_pool_seq": ("avg_pool_seq", "avg_pool_seq_adjoint"),
+    "pixel_norm": ("pixel_norm", "pixel_norm_backward"),
+}
+
+# `auto` order per device type: fastest first.
+AUTO_ORDER = {"cpu": ("cpu", "ref"), "cuda": ("cuda", "triton", "ref")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this call (not built, wrong device, dtype...)."""
+
+
+def register_kernel(backend: str, op: str):
+    """Decorator: make `fn` the `backend` kernel of `op`."""
+    def deco(fn):
+        KERNELS[backend][op] = fn
+        return fn
+    return deco
+
+
+def _triton_status() -> Tuple[bool, Optional[str], bool]:
+    """(importable, reason if not, interpreter on)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return False, f"triton is not installed ({exc})", False
+    return True, None, os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backend_unavailable_reason(backend: str, device: Optional[torch.device] = None) -> Optional[str]:
+    """Why `backend` cannot run on `device` (None: it can, as far as the build goes)."""
+    dev = device.type if device is not None else None
+    if backend == "ref":
+        return None
+    if backend == "cpu":
+        if _ext.cpu_module is None:
+            return f"cpu: C++ extension {_ext.cpu_error}; reinstall with `pip install .`"
+        if dev not in (None, "cpu"):
+            return f"cpu: runs on CPU tensors only; got a tensor on {device}"
+        return None
+    if backend == "cuda":
+        if _ext.cuda_module is None:
+            return f"cuda: CUDA extension {_ext.cuda_error}"
+        if dev not in (None, "cuda"):
+            return f"cuda: runs on CUDA tensors only; got a tensor on {device}"
+        if _ext.cuda_device_count() <= 0 or not torch.cuda.is_available():
+            return "cuda: built for " + _ext.cuda_module.archs() + "; no CUDA device"
+        return None
+    if backend == "triton":
+        ok, why, interp = _triton_status()
+        if not ok:
+            return f"triton: {why}"
+        if dev == "cpu" and not interp:
+            return "triton: CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1)"
+        if dev in (None, "cuda") and not torch.cuda.is_available():
+            return "triton: no CUDA device (CPU tensors run only under TRITON_INTERPRET=1)"
+        return None
+    return f"unknown backend {backend!r}; expected one of {('auto',) + BACKENDS}"
+
+
+def _why_not(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    why = backend_unavailable_reason(backend, device)
+    if why:
+        return why
+    allowed = DTYPES[backend].get(device.type, ())
+    if not allowed:
+        return f"{backend}: does not run on {device.type} tensors"
+    if dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        return (f"{backend}: dtype {str(dtype).replace('torch.', '')} is not supported on "
+                f"{device.type} (supported: {names})")
+    missing = [k for k in OP_KERNELS.get(op, (op,)) if k not in KERNELS[backend]]
+    if missing:
+        return f"{backend}: has no kernel for {op} (missing: {', '.join(missing)})"
+    return None
+
+
+_logged = set()
+
+
+def resolve(op: str, backend: Optional[str], tensors: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> str:
+    """Pick the backend for one call of `op`.
+
+    `tensors` is a sequence of `(argument name, tensor or None)`: they must share one device.
+    """
+    _load_backend_modules()
+    present = [(n, t) for n, t in tensors if t is not None]
+    name0, t0 = present[0]
+    for n, t in present[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{op}: all tensors must be on one device; {name0} is on {t0.device} "
+                             f"but {n} is on {t.device}")
+    device, dtype = t0.device, t0.dtype
+    requested = backend if backend is not None else "auto"
+    if requested == "auto":
+        requested = os.environ.get(ENV_VAR, "auto") or "auto"
+    if requested not in ("auto",) + BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {('auto',) + BACKENDS}; got {requested!r}")
+    if requested != "auto":
+        why = _why_not(requested, op, device, dtype)
+        if why:
+            raise BackendUnavailableError(f"{op}: backend {why}")
+        return requested
+    skipped = []
+    for cand in AUTO_ORDER.get(device.type, ("ref",)):
+        why = _why_not(cand, op, device, dtype)
+        if why is None:
+            key = (op, device.type, dtype, cand)
+            if key not in _logged:
+                _logged.add(key)
+                log.info("transgan_fast: %s on %s/%s -> backend %r%s", op, device.type,
+                         str(dtype).replace("torch.", ""), cand,
+                         f" (skipped: {'; '.join(skipped)})" if skipped else "")
+            return cand
+        skipped.append(why)
+    return "ref"
+
+
+def kernel(backend: str, op: str) -> Callable:
+    return KERNELS[backend][op]
+
+
+def backends() -> Dict[str, Dict[str, object]]:
+    """What was built, what is usable on this machine, and why not.
+
+    Returns `{backend: {"built": bool, "usable": bool, "reason": str | None, "ops": [...]}}`;
+    "usable" is judged for the backend's native device (CPU for `cpu`, CUDA for `cuda`/`triton`).
+    """
+    _load_backend_modules()
+    out = {}
+    for b in BACKENDS:
+        if b == "ref":
+            built, reason = True, None
+        elif b == "cpu":
+            built, reason = _ext.cpu_module is not None, backend_unavailable_reason("cpu")
+        elif b == "cuda":
+            built = _ext.cuda_module is not None
+            reason = backend_unavailable_reason("cuda", torch.device("cuda"))
+        else:
+            built = _triton_status()[0]
+            reason = backend_unavailable_reason("triton", torch.device("cuda"))
+            if reason and _triton_status()[2]:
+                reason = None  # interpreter on: usable on CPU tensors
+        info = {"built": built, "usable": reason is None, "reason": reason,
+                "ops": sorted(KERNELS[b])}
+        if b == "cuda" and _ext.cuda_module is not None:
+            info["archs"] = _ext.cuda_module.archs()
+        out[b] = info
+    return out
+
+
+def _load_backend_modules() -> None:
+    from . import _ref_kernels, _cpu  # noqa: F401  (registration side effects)
+    try:
+        from . import _cuda  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        from . import _triton  # noqa: F401
+    except ImportError:
+        pass

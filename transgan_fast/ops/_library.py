@@ -1,0 +1,339 @@
+"""`torch.library` registration of the fused ops: custom ops, fake kernels and autograd.
+
+Each custom op takes a `backend` string and calls that backend's kernel from `_dispatch.KERNELS`.
+Kernels write into outputs allocated here, so allocation (and test poisoning) stays in Python.
+
+Kernel contracts (every backend implements the same signatures):
+- `attn_fwd(q, k, v, bias, geom, scale, out, lse)`: q/k/v/out are `(B, h, N, d)` views with
+  `stride(-1) == 1` and arbitrary other strides (so the packed `qkv` layout needs no copy);
+  `bias` is `None` or float32 contiguous `(rows, h)`; `lse` float32 `(B, h, N)` contiguous, the
+  natural log-sum-exp of each row's scaled, biased logits. `geom` is an `AttnGeometry`.
+- `attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias)`: dq/dk/dv arrive
+  uninitialised (every element must be written); `dbias` is `None` or float32 `(rows, h)` zeros.
+- resampling kernels: see each op below; `out` is contiguous and uninitialised.
+
+Second order (spec §3): when grad mode is on inside a backward (`create_graph=True`), the backward
+recomputes through the reference with autograd, so gradients of any order are exact; otherwise it
+runs the fused backward kernel.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _dispatch
+from .geometry import AttnGeometry
+
+# Import backends so their kernels are registered.
+_dispatch._load_backend_modules()
+
+
+def _k(backend: str, op: str):
+    return _dispatch.kernel(backend, op)
+
+
+def _lastdim_contig(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _bias32(bias: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    # The table is tiny; kernels read it as float32 whatever the activations' dtype
+    # (float64 stays float64, for gradcheck on the reference kernels).
+    if bias is None:
+        return None
+    return bias.to(torch.float64 if like.dtype == torch.float64 else torch.float32).contiguous()
+
+
+def _dbias_buffer(bias: Optional[Tensor], like: Tensor) -> Tensor:
+    dt = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.zeros(bias.shape if bias is not None else (0,), dtype=dt, device=like.device)
+
+
+# ==============================================================================================
+# Attention on (B, h, N, d) tensors.
+
+@torch.library.custom_op("transgan_fast::attn_fwd", mutates_args=())
+def attn_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], geom: List[int],
+             scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+    B, h, N, d = q.shape
+    out = torch.empty((B, h, N, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, h, N), dtype=torch.float32, device=q.device)
+    _k(backend, "attn_fwd")(_lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v),
+                            _bias32(bias, q), AttnGeometry.from_list(geom), scale, out, lse)
+    return out, lse
+
+
+@attn_fwd.register_fake
+def _(q, k, v, bias, geom, scale, backend):
+    B, h, N, d = q.shape
+    return q.new_empty((B, h, N, d)), q.new_empty((B, h, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("transgan_fast::attn_bwd", mutates_args=())
+def attn_bwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor,
+             dout: Tensor, geom: List[int], scale: float,
+             backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    dbias = _dbias_buffer(bias, q)
+    _k(backend, "attn_bwd")(_lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v), _bias32(bias, q),
+                            out, lse, dout.contiguous(), AttnGeometry.from_list(geom), scale,
+                            dq, dk, dv, dbias if bias is not None else None)
+    return dq, dk, dv, dbias
+
+
+@attn_bwd.register_fake
+def _(q, k, v, bias, out, lse, dout, geom, scale, backend):
+    nb = bias.shape if bias is not None else (0,)
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(nb, dtype=dt))
+
+
+def _attn_setup(ctx, inputs, output):
+    q, k, v, bias, geom, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, bias, out, lse)
+    ctx.geom, ctx.scale, ctx.backend = geom, scale, backend
+    ctx.mark_non_differentiable(lse)
+
+
+def _attn_backward(ctx, dout, _dlse):
+    q, k, v, bias, out, lse = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        from .attention import attention_ref
+        geom = AttnGeometry.from_list(ctx.geom)
+        o = attention_ref(q, k, v, geom, bias, ctx.scale)
+        return (*_grads_through(o, (q, k, v, bias), dout), None, None, None)
+    dq, dk, dv, dbias = attn_bwd(q, k, v, bias, out, lse, dout, ctx.geom, ctx.scale, ctx.backend)
+    return dq, dk, dv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None
+
+
+def _grads_through(out, inputs, grad_out):
+    """Gradients of `out` w.r.t. `inputs` (None where not needed), differentiable themselves."""
+    need = [t for t in inputs if t is not None and t.requires_grad]
+    got = iter(torch.autograd.grad(out, need, grad_out, create_graph=True, allow_unused=True)
+               if need else ())
+    res = []
+    for t in inputs:
+        if t is not None and t.requires_grad:
+            g = next(got)
+            res.append(torch.zeros_like(t) if g is None else g)
+        else:
+            res.append(None)
+    return res
+
+
+attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
+
+
+def attention_fused(q, k, v, bias, geom: AttnGeometry, scale: float, backend: str):
+    return attn_fwd(q, k, v, bias, geom.as_list(), scale, backend)[0]
+
+
+# ==============================================================================================
+# Attention on the packed projection (B, N, 3*h*d) -> (B, N, h*d).
+
+def _split_qkv(qkv: Tensor, heads: int):
+    B, N, C3 = qkv.shape
+    d = C3 // (3 * heads)
+    return qkv.unflatten(2, (3, heads, d)).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
+
+
+@torch.library.custom_op("transgan_fast::attn_qkv_fwd", mutates_args=())
+def attn_qkv_fwd(qkv: Tensor, bias: Optional[Tensor], heads: int, geom: List[int], scale: float,
+                 backend: str) -> Tuple[Tensor, Tensor]:
+    qkv = _lastdim_contig(qkv)
+    B, N, C3 = qkv.shape
+    d = C3 // (3 * heads)
+    q, k, v = _split_qkv(qkv, heads)
+    out = torch.empty((B, N, heads, d), dtype=qkv.dtype, device=qkv.device)
+    lse = torch.empty((B, heads, N), dtype=torch.float32, device=qkv.device)
+    _k(backend, "attn_fwd")(q, k, v, _bias32(bias, q), AttnGeometry.from_list(geom), scale,
+                            out.transpose(1, 2), lse)
+    return out.view(B, N, heads * d), lse
+
+
+@attn_qkv_fwd.register_fake
+def _(qkv, bias, heads, geom, scale, backend):
+    B, N, C3 = qkv.shape
+    return qkv.new_empty((B, N, C3 // 3)), qkv.new_empty((B, heads, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("transgan_fast::attn_qkv_bwd", mutates_args=())
+def attn_qkv_bwd(qkv: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor, dout: Tensor,
+                 heads: int, geom: List[int], scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+    qkv = _lastdim_contig(qkv)
+    B, N, C3 = qkv.shape
+    d = C3 // (3 * heads)
+    q, k, v = _split_qkv(qkv, heads)
+    dqkv = torch.empty((B, N, C3), dtype=qkv.dtype, device=qkv.device)
+    dq, dk, dv = _split_qkv(dqkv, heads)
+    dbias = _dbias_buffer(bias, qkv)
+    as_heads = lambda t: t.reshape(B, N, heads, d).transpose(1, 2)  # noqa: E731  (B, h, N, d)
+    _k(backend, "attn_bwd")(q, k, v, _bias32(bias, q), as_heads(out.contiguous()), lse,
+                            as_heads(dout.contiguous()), AttnGeometry.from_list(geom), scale,
+                            dq, dk, dv, dbias if bias is not None else None)
+    return dqkv, dbias
+
+
+@attn_qkv_bwd.register_fake
+def _(qkv, bias, out, lse, dout, heads, geom, scale, backend):
+    nb = bias.shape if bias is not None else (0,)
+    dt = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    return qkv.new_empty(qkv.shape), qkv.new_empty(nb, dtype=dt)
+
+
+def _attn_qkv_setup(ctx, inputs, output):
+    qkv, bias, heads, geom, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, bias, out, lse)
+    ctx.heads, ctx.geom, ctx.scale, ctx.backend = heads, geom, scale, backend
+    ctx.mark_non_differentiable(lse)
+
+
+def _attn_qkv_backward(ctx, dout, _dlse):
+    qkv, bias, out, lse = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        from .attention import attention_ref
+        B, N, C3 = qkv.shape
+        q, k, v = _split_qkv(qkv, ctx.heads)
+        o = attention_ref(q, k, v, AttnGeometry.from_list(ctx.geom), bias, ctx.scale)
+        o = o.transpose(1, 2).reshape(B, N, C3 // 3)
+        return (*_grads_through(o, (qkv, bias), dout), None, None, None, None)
+    dqkv, dbias = attn_qkv_bwd(qkv, bias, out, lse, dout, ctx.heads, ctx.geom, ctx.scale, ctx.backend)
+    return dqkv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None, None
+
+
+attn_qkv_fwd.register_autograd(_attn_qkv_backward, setup_context=_attn_qkv_setup)
+
+
+def attention_qkv_fused(qkv, bias, heads: int, geom: AttnGeometry, scale: float, backend: str):
+    return attn_qkv_fwd(qkv, bias, heads, geom.as_list(), scale, backend)[0]
+
+
+# ==============================================================================================
+# Linear resampling ops: each op's backward is its adjoint op (and vice versa).
+
+def _linear_pair(name: str, adj_name: str, fwd_shape, adj_shape):
+    """Register `name` and its adjoint `adj_name` as custom ops `(x, H, W, backend)`; H, W are the
+    low-resolution map for shuffle/bicubic pairs and the high-resolution one for pooling."""
+
+    @torch.library.custom_op(f"transgan_fast::{name}", mutates_args=())
+    def fwd(x: Tensor, H: int, W: int, backend: str) -> Tensor:
+        out = torch.empty(fwd_shape(x.shape, H, W), dtype=x.dtype, device=x.device)
+        _k(backend, name)(x.contiguous(), H, W, out)
+        return out
+
+    @torch.library.custom_op(f"transgan_fast::{adj_name}", mutates_args=())
+    def adj(g: Tensor, H: int, W: int, backend: str) -> Tensor:
+        out = torch.empty(adj_shape(g.shape, H, W), dtype=g.dtype, device=g.device)
+        _k(backend, adj_name)(g.contiguous(), H, W, out)
+        return out
+
+    fwd.register_fake(lambda x, H, W, backend: x.new_empty(fwd_shape(x.shape, H, W)))
+    adj.register_fake(lambda g, H, W, backend: g.new_empty(adj_shape(g.shape, H, W)))
+
+    def setup(ctx, inputs, output):
+        ctx.H, ctx.W, ctx.backend = inputs[1], inputs[2], inputs[3]
+
+    fwd.register_autograd(lambda ctx, g: (adj(g, ctx.H, ctx.W, ctx.backend), None, None, None),
+                          setup_context=setup)
+    adj.register_autograd(lambda ctx, g: (fwd(g, ctx.H, ctx.W, ctx.backend), None, None, None),
+                          setup_context=setup)
+    return fwd, adj
+
+
+# pixel shuffle: (B, HW, C) -> (B, 4HW, C/4); H, W = low-res map.
+_ps, _pu = _linear_pair("pixel_shuffle_seq", "pixel_unshuffle_seq",
+                        lambda s, H, W: (s[0], 4 * s[1], s[2] // 4),
+                        lambda s, H, W: (s[0], s[1] // 4, 4 * s[2]))
+# bicubic: (B, HW, C) -> (B, 4HW, C); H, W = low-res map.
+_bic, _bic_adj = _linear_pair("bicubic_upsample_seq", "bicubic_upsample_seq_adjoint",
+                              lambda s, H, W: (s[0], 4 * s[1], s[2]),
+                              lambda s, H, W: (s[0], s[1] // 4, s[2]))
+# avg pool: (B, HW, C) -> (B, HW/4, C); H, W = high-res map.
+_pool, _pool_adj = _linear_pair("avg_pool_seq", "avg_pool_seq_adjoint",
+                                lambda s, H, W: (s[0], s[1] // 4, s[2]),
+                                lambda s, H, W: (s[0], 4 * s[1], s[2]))
+
+
+@torch.library.custom_op("transgan_fast::pixel_shuffle_seq_pos", mutates_args=())
+def _ps_pos(x: Tensor, H: int, W: int, pos: Tensor, backend: str) -> Tensor:
+    B, N, C = x.shape
+    out = torch.empty((B, 4 * N, C // 4), dtype=x.dtype, device=x.device)
+    _k(backend, "pixel_shuffle_seq")(x.contiguous(), H, W, pos.contiguous(), out)
+    return out
+
+
+_ps_pos.register_fake(lambda x, H, W, pos, backend: x.new_empty((x.shape[0], 4 * x.shape[1], x.shape[2] // 4)))
+
+
+def _ps_pos_setup(ctx, inputs, output):
+    ctx.H, ctx.W, ctx.backend = inputs[1], inputs[2], inputs[4]
+    ctx.pos_batch = inputs[3].shape[0]
+
+
+def _ps_pos_backward(ctx, g):
+    gpos = g.sum(0, keepdim=True) if ctx.pos_batch == 1 else g
+    return _pu(g, ctx.H, ctx.W, ctx.backend), None, None, gpos, None
+
+
+_ps_pos.register_autograd(_ps_pos_backward, setup_context=_ps_pos_setup)
+
+
+def pixel_shuffle_seq_op(x, H, W, pos, backend):
+    return _ps(x, H, W, backend) if pos is None else _ps_pos(x, H, W, pos, backend)
+
+
+def pixel_unshuffle_seq_op(x, H, W, backend):
+    return _pu(x, H, W, backend)
+
+
+def bicubic_upsample_seq_op(x, H, W, backend):
+    return _bic(x, H, W, backend)
+
+
+def avg_pool_seq_op(x, H, W, backend):
+    return _pool(x, H, W, backend)
+
+
+# ==============================================================================================
+# Pixel norm (non-linear): fused backward; second order through the reference.
+
+@torch.library.custom_op("transgan_fast::pixel_norm", mutates_args=())
+def _pixel_norm(x: Tensor, backend: str) -> Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _k(backend, "pixel_norm")(x.contiguous(), out)
+    return out
+
+
+@torch.library.custom_op("transgan_fast::pixel_norm_backward", mutates_args=())
+def _pixel_norm_bwd(x: Tensor, g: Tensor, backend: str) -> Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _k(backend, "pixel_norm_backward")(x.contiguous(), g.contiguous(), out)
+    return out
+
+
+_pixel_norm.register_fake(lambda x, backend: x.new_empty(x.shape))
+_pixel_norm_bwd.register_fake(lambda x, g, backend: x.new_empty(x.shape))
+
+
+def _pn_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.backend = inputs[1]
+
+
+def _pn_backward(ctx, g):
+    (x,) = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        from .resample import pixel_norm_ref
+        return _grads_through(pixel_norm_ref(x), (x,), g)[0], None
+    return _pixel_norm_bwd(x, g, ctx.backend), None
+
+
+_pixel_norm.register_autograd(_pn_backward, setup_context=_pn_setup)
+
+
+def pixel_norm_op(x, backend):
+    return _pixel_norm(x, backend)
