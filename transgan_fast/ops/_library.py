@@ -30,6 +30,17 @@ from .geometry import AttnGeometry
 _dispatch._load_backend_modules()
 
 
+# Tests set this to fill every kernel output with NaN before the kernel runs (spec §4), so an
+# element a kernel forgets to write fails the comparison instead of passing by luck.
+POISON_OUTPUTS = False
+
+
+def _empty(shape, dtype, device) -> Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _k(backend: str, op: str):
     return _dispatch.kernel(backend, op)
 
@@ -58,8 +69,8 @@ def _dbias_buffer(bias: Optional[Tensor], like: Tensor) -> Tensor:
 def attn_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], geom: List[int],
              scale: float, backend: str) -> Tuple[Tensor, Tensor]:
     B, h, N, d = q.shape
-    out = torch.empty((B, h, N, d), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, h, N), dtype=torch.float32, device=q.device)
+    out = _empty((B, h, N, d), q.dtype, q.device)
+    lse = _empty((B, h, N), torch.float32, q.device)
     _k(backend, "attn_fwd")(_lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v),
                             _bias32(bias, q), AttnGeometry.from_list(geom), scale, out, lse)
     return out, lse
@@ -75,7 +86,7 @@ def _(q, k, v, bias, geom, scale, backend):
 def attn_bwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor,
              dout: Tensor, geom: List[int], scale: float,
              backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    dq, dk, dv = (_empty(q.shape, q.dtype, q.device) for _ in range(3))
     dbias = _dbias_buffer(bias, q)
     _k(backend, "attn_bwd")(_lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v), _bias32(bias, q),
                             out, lse, dout.contiguous(), AttnGeometry.from_list(geom), scale,
@@ -147,8 +158,8 @@ def attn_qkv_fwd(qkv: Tensor, bias: Optional[Tensor], heads: int, geom: List[int
     B, N, C3 = qkv.shape
     d = C3 // (3 * heads)
     q, k, v = _split_qkv(qkv, heads)
-    out = torch.empty((B, N, heads, d), dtype=qkv.dtype, device=qkv.device)
-    lse = torch.empty((B, heads, N), dtype=torch.float32, device=qkv.device)
+    out = _empty((B, N, heads, d), qkv.dtype, qkv.device)
+    lse = _empty((B, heads, N), torch.float32, qkv.device)
     _k(backend, "attn_fwd")(q, k, v, _bias32(bias, q), AttnGeometry.from_list(geom), scale,
                             out.transpose(1, 2), lse)
     return out.view(B, N, heads * d), lse
@@ -167,7 +178,7 @@ def attn_qkv_bwd(qkv: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor, 
     B, N, C3 = qkv.shape
     d = C3 // (3 * heads)
     q, k, v = _split_qkv(qkv, heads)
-    dqkv = torch.empty((B, N, C3), dtype=qkv.dtype, device=qkv.device)
+    dqkv = _empty((B, N, C3), qkv.dtype, qkv.device)
     dq, dk, dv = _split_qkv(dqkv, heads)
     dbias = _dbias_buffer(bias, qkv)
     as_heads = lambda t: t.reshape(B, N, heads, d).transpose(1, 2)  # noqa: E731  (B, h, N, d)
@@ -221,13 +232,13 @@ def _linear_pair(name: str, adj_name: str, fwd_shape, adj_shape):
 
     @torch.library.custom_op(f"transgan_fast::{name}", mutates_args=())
     def fwd(x: Tensor, H: int, W: int, backend: str) -> Tensor:
-        out = torch.empty(fwd_shape(x.shape, H, W), dtype=x.dtype, device=x.device)
+        out = _empty(fwd_shape(x.shape, H, W), x.dtype, x.device)
         _k(backend, name)(x.contiguous(), H, W, out)
         return out
 
     @torch.library.custom_op(f"transgan_fast::{adj_name}", mutates_args=())
     def adj(g: Tensor, H: int, W: int, backend: str) -> Tensor:
-        out = torch.empty(adj_shape(g.shape, H, W), dtype=g.dtype, device=g.device)
+        out = _empty(adj_shape(g.shape, H, W), g.dtype, g.device)
         _k(backend, adj_name)(g.contiguous(), H, W, out)
         return out
 
@@ -261,7 +272,7 @@ _pool, _pool_adj = _linear_pair("avg_pool_seq", "avg_pool_seq_adjoint",
 @torch.library.custom_op("transgan_fast::pixel_shuffle_seq_pos", mutates_args=())
 def _ps_pos(x: Tensor, H: int, W: int, pos: Tensor, backend: str) -> Tensor:
     B, N, C = x.shape
-    out = torch.empty((B, 4 * N, C // 4), dtype=x.dtype, device=x.device)
+    out = _empty((B, 4 * N, C // 4), x.dtype, x.device)
     _k(backend, "pixel_shuffle_seq")(x.contiguous(), H, W, pos.contiguous(), out)
     return out
 
@@ -303,14 +314,14 @@ def avg_pool_seq_op(x, H, W, backend):
 
 @torch.library.custom_op("transgan_fast::pixel_norm", mutates_args=())
 def _pixel_norm(x: Tensor, backend: str) -> Tensor:
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = _empty(x.shape, x.dtype, x.device)
     _k(backend, "pixel_norm")(x.contiguous(), out)
     return out
 
 
 @torch.library.custom_op("transgan_fast::pixel_norm_backward", mutates_args=())
 def _pixel_norm_bwd(x: Tensor, g: Tensor, backend: str) -> Tensor:
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = _empty(x.shape, x.dtype, x.device)
     _k(backend, "pixel_norm_backward")(x.contiguous(), g.contiguous(), out)
     return out
 

@@ -1,0 +1,59 @@
+"""Shared test helpers: spec §4 tolerances, output poisoning, capability skips."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from transgan_fast import _ext
+from transgan_fast.ops import _library
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every kernel output starts as NaN, so unwritten elements fail (spec §4)."""
+    _library.POISON_OUTPUTS = True
+    yield
+    _library.POISON_OUTPUTS = False
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    # Fresh random inputs per test, but reproducible from the test's name when it fails.
+    torch.manual_seed(abs(hash(request.node.nodeid)) % (2 ** 31))
+
+
+requires_cpu_ext = pytest.mark.skipif(
+    _ext.cpu_module is None, reason=f"C++ CPU extension not built: {_ext.cpu_error}")
+requires_cuda_device = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine")
+requires_triton_interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+    reason="Triton needs a CUDA device or TRITON_INTERPRET=1")
+
+
+def scale_of(ref: torch.Tensor) -> float:
+    return max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+
+
+def assert_close_f32(out: torch.Tensor, ref64: torch.Tensor, grad: bool = False, tf32: bool = False,
+                     what: str = "output"):
+    """spec §4: float32 against the float64 reference: 1e-5 (forward) / 1e-4 (gradients) times
+    max(1, max|ref|); 3e-4 when TF32 may be used on GPU."""
+    tol = (3e-4 if tf32 else (1e-4 if grad else 1e-5)) * scale_of(ref64)
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    err = (out.double() - ref64.double()).abs().max().item() if out.numel() else 0.0
+    assert err == err, f"{what}: NaN in output (unwritten element or NaN leak)"
+    assert err <= tol, f"{what}: max error {err:.3e} > tolerance {tol:.3e}"
+
+
+def assert_close_lowp(out: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch.Tensor,
+                      grad: bool = False, what: str = "output"):
+    """spec §4: a float16/bfloat16 kernel's error against the float64 reference is at most 2x
+    (gradients 3x) the error of the reference run in that dtype, plus 1e-3 absolute."""
+    k = 3.0 if grad else 2.0
+    err = (out.double() - ref64.double()).abs().max().item()
+    base = (ref_lowp.double() - ref64.double()).abs().max().item()
+    assert err == err, f"{what}: NaN in output"
+    assert err <= k * base + 1e-3, f"{what}: error {err:.3e} > {k}x reference error {base:.3e} + 1e-3"
