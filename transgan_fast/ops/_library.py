@@ -109,9 +109,15 @@ def _attn_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
+def _double_backward_needed(*tensors) -> bool:
+    """True inside a backward run with create_graph=True whose result must itself be
+    differentiable; then the backward recomputes through the reference with autograd."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _attn_backward(ctx, dout, _dlse):
     q, k, v, bias, out, lse = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    if _double_backward_needed(q, k, v, bias, dout):
         from .attention import attention_ref
         geom = AttnGeometry.from_list(ctx.geom)
         o = attention_ref(q, k, v, geom, bias, ctx.scale)
@@ -205,7 +211,7 @@ def _attn_qkv_setup(ctx, inputs, output):
 
 def _attn_qkv_backward(ctx, dout, _dlse):
     qkv, bias, out, lse = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    if _double_backward_needed(qkv, bias, dout):
         from .attention import attention_ref
         B, N, C3 = qkv.shape
         q, k, v = _split_qkv(qkv, ctx.heads)
@@ -337,7 +343,7 @@ def _pn_setup(ctx, inputs, output):
 
 def _pn_backward(ctx, g):
     (x,) = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    if _double_backward_needed(x, g):
         from .resample import pixel_norm_ref
         return _grads_through(pixel_norm_ref(x), (x,), g)[0], None
     return _pixel_norm_bwd(x, g, ctx.backend), None

@@ -1,7 +1,8 @@
 """The `ref` backend's kernels for the custom ops of `_library.py`.
 
-They follow the same write-into-`out` contract as the fused kernels but compute with the
-references, so the custom-op machinery (fake kernels, autograd, `opcheck`, `torch.compile`) is
+They follow the same write-into-`out` contract as the fused kernels but compute in plain,
+dense PyTorch (O(N^2) memory; the attention backward and the adjoints written out explicitly,
+since kernels run below autograd), so the custom-op machinery (fake kernels, autograd, `opcheck`, `torch.compile`) is
 testable on any machine, with or without the compiled extension.
 """
 from __future__ import annotations
@@ -9,40 +10,59 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import register_kernel
-from .attention import attention_ref
-from .resample import (avg_pool_seq_ref, bicubic_upsample_seq_ref, pixel_norm_ref,
+from .geometry import bias_index, visibility
+from .resample import (PIXEL_NORM_EPS, avg_pool_seq_ref, bicubic_upsample_seq_ref, pixel_norm_ref,
                        pixel_shuffle_seq_ref, pixel_unshuffle_seq_ref)
+
+
+def _dense_probs(q, k, bias, geom, scale):
+    """Dense masked logits -> (probabilities, log-sum-exp), computed in q's dtype."""
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))                     # (B, h, N, N)
+    if bias is not None:
+        logits = logits + bias[bias_index(geom, q.device)].permute(2, 0, 1).to(logits.dtype)
+    logits = logits.masked_fill(~visibility(geom, q.device), float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)                                      # (B, h, N)
+    return torch.exp(logits - lse[..., None]), lse
 
 
 @register_kernel("ref", "attn_fwd")
 def attn_fwd(q, k, v, bias, geom, scale, out, lse):
-    from .geometry import bias_index, visibility
-    out.copy_(attention_ref(q, k, v, geom, bias, scale))
-    # The log-sum-exp, computed densely (the reference's memory is O(N^2) anyway).
-    logits = torch.matmul(q.float() * scale, k.float().transpose(-2, -1))
-    if bias is not None:
-        logits = logits + bias[bias_index(geom, q.device)].permute(2, 0, 1)
-    logits = logits.masked_fill(~visibility(geom, q.device), float("-inf"))
-    lse.copy_(torch.logsumexp(logits, dim=-1))
+    p, l = _dense_probs(q, k, bias, geom, scale)
+    out.copy_(torch.matmul(p, v))
+    lse.copy_(l)
 
 
 @register_kernel("ref", "attn_bwd")
 def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
-    with torch.enable_grad():
-        ins = [t.detach().requires_grad_() for t in (q, k, v)]
-        b = bias.detach().requires_grad_() if bias is not None else None
-        o = attention_ref(*ins, geom, b, scale)
-        grads = torch.autograd.grad(o, ins + ([b] if b is not None else []), dout)
-    dq.copy_(grads[0]); dk.copy_(grads[1]); dv.copy_(grads[2])
+    # The attention backward written out (kernels run below autograd, so no autograd here):
+    # dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ = s dS K, dK = s dS^T Q.
+    p, _ = _dense_probs(q, k, bias, geom, scale)
+    dv.copy_(torch.matmul(p.transpose(-2, -1), dout))
+    dp = torch.matmul(dout, v.transpose(-2, -1))
+    ds = p * (dp - (dout * out).sum(-1, keepdim=True))
+    dq.copy_(torch.matmul(ds, k) * scale)
+    dk.copy_(torch.matmul(ds.transpose(-2, -1), q) * scale)
     if dbias is not None:
-        dbias.copy_(grads[3])
+        idx = bias_index(geom, q.device).reshape(-1)                           # (N*N,)
+        per_head = ds.sum(0).reshape(ds.shape[1], -1).to(dbias.dtype)          # (h, N*N)
+        dbias.index_add_(0, idx, per_head.t())
 
 
-def _vjp(fn, x_shape, g):
-    """Adjoint of the linear map `fn` applied to `g` (autograd on a dummy input)."""
-    with torch.enable_grad():
-        x = torch.zeros(x_shape, dtype=g.dtype, device=g.device, requires_grad=True)
-        return torch.autograd.grad(fn(x), x, g)[0]
+def _bicubic_matrix(L, dtype, device):
+    """(2L, L) matrix of PyTorch's 2x bicubic upsampling along one axis (A = -0.75,
+    half-pixel centres, clamped borders)."""
+    A = -0.75
+    o = torch.arange(2 * L, dtype=torch.float64)
+    src = (o + 0.5) / 2 - 0.5
+    f = torch.floor(src)
+    m = torch.zeros(2 * L, L, dtype=torch.float64)
+    for tap in range(-1, 3):
+        t = (src - (f + tap)).abs()
+        w = torch.where(t <= 1, ((A + 2) * t - (A + 3)) * t * t + 1,
+                        torch.where(t < 2, ((A * t - 5 * A) * t + 8 * A) * t - 4 * A, torch.zeros_like(t)))
+        col = (f + tap).clamp(0, L - 1).long()
+        m.index_put_((torch.arange(2 * L), col), w, accumulate=True)
+    return m.to(dtype=dtype, device=device)
 
 
 @register_kernel("ref", "pixel_shuffle_seq")
@@ -64,7 +84,9 @@ def bicubic_upsample_seq(x, H, W, out):
 @register_kernel("ref", "bicubic_upsample_seq_adjoint")
 def bicubic_upsample_seq_adjoint(g, H, W, out):
     B, N4, C = g.shape
-    out.copy_(_vjp(lambda x: bicubic_upsample_seq_ref(x, (H, W)), (B, N4 // 4, C), g))
+    my, mx = _bicubic_matrix(H, g.dtype, g.device), _bicubic_matrix(W, g.dtype, g.device)
+    gm = g.reshape(B, 2 * H, 2 * W, C)
+    out.copy_(torch.einsum("yh,byxc,xw->bhwc", my, gm, mx).reshape(B, H * W, C))
 
 
 @register_kernel("ref", "avg_pool_seq")
@@ -75,7 +97,8 @@ def avg_pool_seq(x, H, W, out):
 @register_kernel("ref", "avg_pool_seq_adjoint")
 def avg_pool_seq_adjoint(g, H, W, out):
     B, N4, C = g.shape
-    out.copy_(_vjp(lambda x: avg_pool_seq_ref(x, (H, W)), (B, 4 * N4, C), g))
+    gm = g.reshape(B, H // 2, 1, W // 2, 1, C).expand(B, H // 2, 2, W // 2, 2, C)
+    out.copy_(gm.reshape(B, H * W, C) / 4)
 
 
 @register_kernel("ref", "pixel_norm")
@@ -85,6 +108,6 @@ def pixel_norm(x, out):
 
 @register_kernel("ref", "pixel_norm_backward")
 def pixel_norm_backward(x, g, out):
-    with torch.enable_grad():
-        xd = x.detach().requires_grad_()
-        out.copy_(torch.autograd.grad(pixel_norm_ref(xd), xd, g)[0])
+    # y = x r, r = (mean(x^2) + eps)^-1/2  =>  dx = r g - x r^3 mean(g x).
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + PIXEL_NORM_EPS)
+    out.copy_(r * g - x * r.pow(3) * (g * x).mean(-1, keepdim=True))
