@@ -1,0 +1,108 @@
+// Fused masked attention forward on the CPU (float32): every geometry kind, relative bias
+// gathered in-kernel, log-sum-exp saved for the backward.
+//
+// Work is split into query tiles (common/attn_tiles.h); all candidate keys of a tile are held at
+// once, so each query row gets an exact (not online) softmax over its candidates. The loop is
+// tiles-outer, (batch, head)-inner so the tile's index math and mask table are built once and
+// reused by every slice. OpenMP over tiles; every output row is written by exactly one thread.
+#include <omp.h>
+#include <algorithm>
+#include "cpu/attention_tile.h"
+#include "cpu/kernels.h"
+
+namespace tgf {
+using namespace cpu_attn;
+
+namespace {
+
+struct FwdScratch {
+  TileIndex ti;
+  std::vector<float> KT, V, S, inv;
+  std::vector<const float*> qrows;
+  std::vector<float*> orows;
+  FwdScratch(int TQ, int maxk, int d, int dp) {
+    ti.reserve(TQ, maxk);
+    const int nkp = round_up(maxk, JB);
+    KT.resize(static_cast<size_t>(d) * nkp);
+    V.resize(static_cast<size_t>(maxk) * dp);
+    S.resize(static_cast<size_t>(TQ) * nkp);
+    inv.resize(TQ);
+    qrows.resize(TQ);
+    orows.resize(TQ);
+  }
+};
+
+// One (tile, batch, head): logits, masked softmax with bias, P V, lse.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void fwd_tile(const AttnFwdArgs& a, const float* biash, int b, int hh, int dp, FwdScratch& s) {
+  const TileIndex& ti = s.ti;
+  const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
+  const float* q = a.q.slice(b, hh);
+  const float* k = a.k.slice(b, hh);
+  const float* v = a.v.slice(b, hh);
+  float* o = a.out.slice(b, hh);
+  float* lse = a.lse + (static_cast<int64_t>(b) * a.heads + hh) * a.N;
+
+  pack_cols(k, a.k.sn, ti.k.data(), nk, d, nkp, s.KT.data());
+  pack_rows(v, a.v.sn, ti.k.data(), nk, d, dp, s.V.data());
+  for (int i = 0; i < nq; ++i) {
+    s.qrows[i] = q + ti.q[i] * a.q.sn;
+    s.orows[i] = o + ti.q[i] * a.out.sn;
+  }
+  logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
+
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int i = 0; i < nq; ++i) {
+    float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
+    const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
+    float m = ninf;
+    if (biash) {
+#pragma omp simd reduction(max : m)
+      for (int j = 0; j < nkp; ++j) {
+        const float x = br[j] >= 0 ? srow[j] + biash[br[j] < 0 ? 0 : br[j]] : ninf;
+        srow[j] = x;
+        m = std::max(m, x);
+      }
+    } else {
+#pragma omp simd reduction(max : m)
+      for (int j = 0; j < nkp; ++j) {
+        const float x = br[j] >= 0 ? srow[j] : ninf;
+        srow[j] = x;
+        m = std::max(m, x);
+      }
+    }
+    float l = 0.f;
+#pragma omp simd reduction(+ : l)
+    for (int j = 0; j < nkp; ++j) {
+      const float p = br[j] >= 0 ? exp_neg(srow[j] - m) : 0.f;
+      srow[j] = p;
+      l += p;
+    }
+    s.inv[i] = 1.f / l;
+    lse[ti.q[i]] = m + std::log(l);
+  }
+  rows_times_packed(s.S.data(), nq, nkp, nk, s.V.data(), dp, d, s.inv.data(), s.orows.data());
+}
+
+}  // namespace
+
+void attn_fwd_f32(const AttnFwdArgs& a) {
+  const Geom& g = a.geom;
+  const int TQ = tile_size(g), maxk = tile_max_keys(g, TQ), ntiles = tile_count(g, TQ);
+  const int dp = round_up(a.d, DB);
+  const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, a.heads);
+#pragma omp parallel num_threads(a.threads)
+  {
+    FwdScratch s(TQ, maxk, a.d, dp);
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < ntiles; ++t) {
+      if (!s.ti.build(g, TQ, t)) continue;
+      for (int b = 0; b < a.B; ++b)
+        for (int hh = 0; hh < a.heads; ++hh)
+          fwd_tile(a, a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr,
+                   b, hh, dp, s);
+    }
+  }
+}
+
+}  // namespace tgf

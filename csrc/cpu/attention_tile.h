@@ -1,0 +1,205 @@
+// Building blocks of the fused CPU attention kernels (attention_fwd.cpp, attention_bwd.cpp).
+//
+// One tile = up to TQ queries and the candidate keys their geometry can reach (common/attn_tiles.h).
+// Per tile the kernels gather keys/values into small transposed or padded buffers, compute the
+// tile's logits densely against the candidates with register-blocked loops the compiler turns
+// into AVX2/AVX-512 code (the callers are compiled once per ISA with target_clones), and apply the
+// exact per-pair mask and relative bias from a precomputed table of bias rows (-1 = masked).
+// No -ffast-math: exp is a polynomial written here so it vectorizes while keeping NaN.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+#include "common/attn_tiles.h"
+#include "cpu/kernels.h"
+
+namespace tgf {
+namespace cpu_attn {
+
+constexpr int QB = 4;    // queries per register block
+constexpr int JB = 32;   // candidate keys per register block (logit micro-kernel)
+constexpr int DB = 16;   // head-dim lanes per register block (value micro-kernels)
+
+inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
+
+// Query tile size per geometry kind: row tiles of the local kinds stay short so that the
+// candidate set (TQ + k - 1 columns) is not dominated by masked keys.
+inline int tile_size(const Geom& g) {
+  switch (g.kind) {
+    case CLIP: return g.p1 >= 4 ? 16 : 8;
+    case NBHD: return g.p1 >= 5 ? 16 : 8;
+    default: return 32;
+  }
+}
+
+// Index part of one tile: queries, candidate keys, and the per-pair bias row (-1 where masked).
+struct TileIndex {
+  int nq = 0, nk = 0, nkp = 0;
+  std::vector<int> q, k, brow;
+  std::vector<KeyMeta> km;
+
+  void reserve(int TQ, int maxk) {
+    q.resize(TQ);
+    k.resize(maxk);
+    km.resize(maxk);
+    brow.resize(static_cast<size_t>(TQ) * round_up(maxk, JB));
+  }
+
+  // Fills the tile; returns false if it has no queries (partial GRID windows).
+  bool build(const Geom& g, int TQ, int t) {
+    nq = tile_queries(g, TQ, t, q.data());
+    if (nq == 0) return false;
+    nk = tile_keys(g, TQ, t, q.data(), nq, k.data());
+    nkp = round_up(nk, JB);
+    for (int j = 0; j < nk; ++j) km[j] = key_meta(g, k[j]);
+    for (int i = 0; i < nq; ++i) {
+      const QueryMeta qm = query_meta(g, q[i]);
+      int* br = brow.data() + static_cast<size_t>(i) * nkp;
+      for (int j = 0; j < nk; ++j) {
+        const KeyMeta& m = km[j];
+        br[j] = meta_visible(qm, m.cls, m.ay, m.ax) ? meta_bias_row(g, qm.by, qm.bx, m.by, m.bx) : -1;
+      }
+      for (int j = nk; j < nkp; ++j) br[j] = -1;
+    }
+    return true;
+  }
+};
+
+// exp(x) for x <= 0 (softmax arguments), vectorizable; exact 0 below -87.3, NaN stays NaN.
+// Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n from the exponent bits.
+static inline float exp_neg(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(float));
+  float e = p * two_n;
+  e = x < -87.0f ? 0.0f : e;
+  return x != x ? x : e;
+}
+
+// S[i, :nkp] = alpha * sum_c A_i[c] * BT[c, :nkp] for the nq rows A_i (pointers, d elements).
+static inline void logits_block(const float* const* A, int nq, int d, const float* BT, int nkp,
+                                float alpha, float* S) {
+  for (int i0 = 0; i0 < nq; i0 += QB) {
+    const float* a[QB];
+    for (int r = 0; r < QB; ++r) a[r] = A[i0 + (i0 + r < nq ? r : 0)];
+    for (int jb = 0; jb < nkp; jb += JB) {
+      float acc[QB][JB];
+      for (int r = 0; r < QB; ++r)
+        for (int jj = 0; jj < JB; ++jj) acc[r][jj] = 0.f;
+      for (int c = 0; c < d; ++c) {
+        const float* bt = BT + static_cast<size_t>(c) * nkp + jb;
+        for (int r = 0; r < QB; ++r) {
+          const float ar = a[r][c];
+#pragma omp simd
+          for (int jj = 0; jj < JB; ++jj) acc[r][jj] += ar * bt[jj];
+        }
+      }
+      for (int r = 0; r < QB && i0 + r < nq; ++r) {
+        float* s = S + static_cast<size_t>(i0 + r) * nkp + jb;
+#pragma omp simd
+        for (int jj = 0; jj < JB; ++jj) s[jj] = alpha * acc[r][jj];
+      }
+    }
+  }
+}
+
+// O_i[:d] = rowscale[i] * sum_j P[i, j] * X[j, :] for i < nq; X packed (nk x dp), dp % DB == 0.
+static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* X,
+                                     int dp, int d, const float* rowscale, float* const* O) {
+  for (int i0 = 0; i0 < nq; i0 += QB) {
+    const float* p[QB];
+    for (int r = 0; r < QB; ++r) p[r] = P + static_cast<size_t>(i0 + (i0 + r < nq ? r : 0)) * nkp;
+    for (int c0 = 0; c0 < dp; c0 += DB) {
+      float acc[QB][DB];
+      for (int r = 0; r < QB; ++r)
+        for (int cc = 0; cc < DB; ++cc) acc[r][cc] = 0.f;
+      for (int j = 0; j < nk; ++j) {
+        const float* x = X + static_cast<size_t>(j) * dp + c0;
+        for (int r = 0; r < QB; ++r) {
+          const float pr = p[r][j];
+#pragma omp simd
+          for (int cc = 0; cc < DB; ++cc) acc[r][cc] += pr * x[cc];
+        }
+      }
+      for (int r = 0; r < QB && i0 + r < nq; ++r) {
+        const int cn = d - c0 < DB ? d - c0 : DB;
+        float* o = O[i0 + r] + c0;
+        for (int cc = 0; cc < cn; ++cc) o[cc] = rowscale[i0 + r] * acc[r][cc];
+      }
+    }
+  }
+}
+
+// Acc_j[:dp] += alpha * sum_i P[i, j] * X[i, :] for j < nk (Acc rows by pointer, padded to dp).
+static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* X,
+                                     int dp, float alpha, float* const* Acc) {
+  for (int j0 = 0; j0 < nk; j0 += QB) {
+    const int nj = nk - j0 < QB ? nk - j0 : QB;
+    for (int c0 = 0; c0 < dp; c0 += DB) {
+      float acc[QB][DB];
+      for (int r = 0; r < QB; ++r)
+        for (int cc = 0; cc < DB; ++cc) acc[r][cc] = 0.f;
+      for (int i = 0; i < nq; ++i) {
+        const float* x = X + static_cast<size_t>(i) * dp + c0;
+        const float* pi = P + static_cast<size_t>(i) * nkp + j0;
+        for (int r = 0; r < QB; ++r) {
+          const float pr = pi[r < nj ? r : 0];
+#pragma omp simd
+          for (int cc = 0; cc < DB; ++cc) acc[r][cc] += pr * x[cc];
+        }
+      }
+      for (int r = 0; r < nj; ++r) {
+        float* a = Acc[j0 + r] + c0;
+#pragma omp simd
+        for (int cc = 0; cc < DB; ++cc) a[cc] += alpha * acc[r][cc];
+      }
+    }
+  }
+}
+
+// Gathers rows src + idx[j] * sn (d floats each) into dst (n x dp), zero-padding to dp.
+static inline void pack_rows(const float* src, int64_t sn, const int* idx, int n, int d, int dp,
+                             float* dst) {
+  for (int j = 0; j < n; ++j) {
+    const float* s = src + idx[j] * sn;
+    float* o = dst + static_cast<size_t>(j) * dp;
+    for (int c = 0; c < d; ++c) o[c] = s[c];
+    for (int c = d; c < dp; ++c) o[c] = 0.f;
+  }
+}
+
+// Gathers rows src + idx[j] * sn transposed into dst (d x nkp), zero-padding columns to nkp.
+static inline void pack_cols(const float* src, int64_t sn, const int* idx, int n, int d, int nkp,
+                             float* dst) {
+  for (int j = 0; j < n; ++j) {
+    const float* s = src + idx[j] * sn;
+    for (int c = 0; c < d; ++c) dst[static_cast<size_t>(c) * nkp + j] = s[c];
+  }
+  for (int c = 0; c < d; ++c)
+    for (int j = n; j < nkp; ++j) dst[static_cast<size_t>(c) * nkp + j] = 0.f;
+}
+
+// Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
+inline std::vector<float> bias_by_head(const float* bias, int rows, int heads) {
+  std::vector<float> t(bias ? static_cast<size_t>(rows) * heads : 0);
+  if (bias)
+    for (int r = 0; r < rows; ++r)
+      for (int hh = 0; hh < heads; ++hh) t[static_cast<size_t>(hh) * rows + r] = bias[r * heads + hh];
+  return t;
+}
+
+}  // namespace cpu_attn
+}  // namespace tgf
