@@ -21,7 +21,7 @@ namespace {
 struct BwdScratch {
   TileIndex ti;
   std::vector<float> KT, VT, K, Q, dO, S, dP, D;
-  std::vector<const float*> qrows, dorows;
+  std::vector<const float*> qrows, dorows, krows;
   std::vector<float*> dqrows, dkrows, dvrows;
   BwdScratch(int TQ, int maxk, int d, int dp) {
     ti.reserve(TQ, maxk);
@@ -36,49 +36,58 @@ struct BwdScratch {
     D.resize(TQ);
     qrows.resize(TQ);
     dorows.resize(TQ);
+    krows.resize(maxk);
     dqrows.resize(TQ);
     dkrows.resize(maxk);
     dvrows.resize(maxk);
   }
 };
 
-// One (tile, batch, head). dk/dv accumulate into dk_acc/dv_acc rows (N x dp, this slice);
-// dbias into db (rows, this head), in double.
+// Everything one slice's tiles read: the slice's transposed K and V, bias column, accumulators.
+struct SliceCtx {
+  int b, hh;
+  const float* KT;  // d x N
+  const float* VT;  // d x N
+  const float* bias;
+  float* dk_acc;    // N x dp
+  float* dv_acc;    // N x dp
+  double* db;       // bias rows of this head, or nullptr
+};
+
+// One (tile, slice).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void bwd_tile(const AttnBwdArgs& a, const float* biash, int b, int hh, int dp, BwdScratch& s,
-              float* dk_acc, float* dv_acc, double* db) {
+void bwd_tile(const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
-  const float* q = a.q.slice(b, hh);
-  const float* k = a.k.slice(b, hh);
-  const float* v = a.v.slice(b, hh);
-  const float* o = a.out.slice(b, hh);
-  const float* dout = a.dout.slice(b, hh);
-  float* dq = a.dq.slice(b, hh);
-  const float* lse = a.lse + (static_cast<int64_t>(b) * a.heads + hh) * a.N;
+  const float* q = a.q.slice(c.b, c.hh);
+  const float* k = a.k.slice(c.b, c.hh);
+  const float* o = a.out.slice(c.b, c.hh);
+  const float* dout = a.dout.slice(c.b, c.hh);
+  float* dq = a.dq.slice(c.b, c.hh);
+  const float* lse = a.lse + (static_cast<int64_t>(c.b) * a.heads + c.hh) * a.N;
 
-  pack_cols(k, a.k.sn, ti.k.data(), nk, d, nkp, s.KT.data());
-  pack_cols(v, a.v.sn, ti.k.data(), nk, d, nkp, s.VT.data());
-  pack_rows(k, a.k.sn, ti.k.data(), nk, d, dp, s.K.data());
-  pack_rows(q, a.q.sn, ti.q.data(), nq, d, dp, s.Q.data());
-  pack_rows(dout, a.dout.sn, ti.q.data(), nq, d, dp, s.dO.data());
+  pack_cols_t(c.KT, a.N, ti, d, s.KT.data());
+  pack_cols_t(c.VT, a.N, ti, d, s.VT.data());
+  row_ptrs(k, a.k.sn, ti.k.data(), nk, d, dp, s.K.data(), s.krows.data());
+  row_ptrs(q, a.q.sn, ti.q.data(), nq, d, dp, s.Q.data(), s.qrows.data());
+  row_ptrs(dout, a.dout.sn, ti.q.data(), nq, d, dp, s.dO.data(), s.dorows.data());
   for (int i = 0; i < nq; ++i) {
-    s.qrows[i] = q + ti.q[i] * a.q.sn;
-    s.dorows[i] = dout + ti.q[i] * a.dout.sn;
     s.dqrows[i] = dq + ti.q[i] * a.dq.sn;
     const float* orow = o + ti.q[i] * a.out.sn;
+    const float* dorow = s.dorows[i];
     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-    for (int c = 0; c < d; ++c) acc += s.dorows[i][c] * orow[c];
+    for (int cc = 0; cc < d; ++cc) acc += dorow[cc] * orow[cc];
     s.D[i] = acc;
   }
   for (int j = 0; j < nk; ++j) {
-    s.dkrows[j] = dk_acc + static_cast<size_t>(ti.k[j]) * dp;
-    s.dvrows[j] = dv_acc + static_cast<size_t>(ti.k[j]) * dp;
+    s.dkrows[j] = c.dk_acc + static_cast<size_t>(ti.k[j]) * dp;
+    s.dvrows[j] = c.dv_acc + static_cast<size_t>(ti.k[j]) * dp;
   }
   logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
   logits_block(s.dorows.data(), nq, d, s.VT.data(), nkp, 1.f, s.dP.data());
 
+  const float* biash = c.bias;
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
     float* dprow = s.dP.data() + static_cast<size_t>(i) * nkp;
@@ -91,17 +100,17 @@ void bwd_tile(const AttnBwdArgs& a, const float* biash, int b, int hh, int dp, B
       srow[j] = p;                                         // S now holds P
       dprow[j] = br[j] >= 0 ? p * (dprow[j] - Di) : 0.f;   // dP now holds dS
     }
-    if (db)
+    if (c.db)
       for (int j = 0; j < nk; ++j)
-        if (br[j] >= 0) db[br[j]] += dprow[j];
+        if (br[j] >= 0) c.db[br[j]] += dprow[j];
   }
   for (int i = 0; i < nq; ++i) s.D[i] = a.scale;  // row scale of dq
-  rows_times_packed(s.dP.data(), nq, nkp, nk, s.K.data(), dp, d, s.D.data(), s.dqrows.data());
-  cols_times_packed(s.dP.data(), nq, nkp, nk, s.Q.data(), dp, a.scale, s.dkrows.data());
-  cols_times_packed(s.S.data(), nq, nkp, nk, s.dO.data(), dp, 1.f, s.dvrows.data());
+  rows_times_packed(s.dP.data(), nq, nkp, nk, s.krows.data(), dp, d, s.D.data(), s.dqrows.data());
+  cols_times_packed(s.dP.data(), nq, nkp, nk, s.qrows.data(), dp, a.scale, s.dkrows.data());
+  cols_times_packed(s.S.data(), nq, nkp, nk, s.dorows.data(), dp, 1.f, s.dvrows.data());
 }
 
-// Writes the slice's accumulated rows (N x dp) into a strided (N, d) output.
+// Writes accumulated rows (N x dp) into a strided (N, d) output.
 void store_rows(const float* acc, int N, int d, int dp, float* out, int64_t sn) {
   for (int n = 0; n < N; ++n)
     std::copy(acc + static_cast<size_t>(n) * dp, acc + static_cast<size_t>(n) * dp + d, out + n * sn);
@@ -112,67 +121,78 @@ void store_rows(const float* acc, int N, int d, int dp, float* out, int64_t sn) 
 void attn_bwd_f32(const AttnBwdArgs& a) {
   const Geom& g = a.geom;
   const int TQ = tile_size(g), maxk = tile_max_keys(g, TQ), ntiles = tile_count(g, TQ);
-  const int dp = round_up(a.d, DB), N = a.N, heads = a.heads;
+  const int dp = round_up(a.d, DB), N = a.N, heads = a.heads, d = a.d;
   const int slices = a.B * heads;
   const int threads = std::max(1, std::min(a.threads, std::max(slices, ntiles)));
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, heads);
-  const size_t rows_nd = static_cast<size_t>(N) * dp;
+  const size_t sl_nd = static_cast<size_t>(N) * d, rows_nd = static_cast<size_t>(N) * dp;
   const size_t nbias = a.dbias ? static_cast<size_t>(a.bias_rows) * heads : 0;
-  // Per-thread accumulators: dk, dv (one slice each) and dbias (all heads, double).
-  std::vector<float> dk_acc(threads * rows_nd), dv_acc(threads * rows_nd);
-  std::vector<double> db_acc(threads * nbias, 0.0);
-  auto bias_of = [&](int hh) {
-    return a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr;
-  };
-  auto db_of = [&](int tid, int hh) {
-    return a.dbias ? db_acc.data() + tid * nbias + static_cast<size_t>(hh) * a.bias_rows : nullptr;
+  // K and V transposed once per slice, so tiles gather candidate columns with contiguous copies.
+  std::vector<float> KT(slices * sl_nd), VT(slices * sl_nd);
+  transpose_slices(a.k, a.B, heads, N, d, KT.data(), threads);
+  transpose_slices(a.v, a.B, heads, N, d, VT.data(), threads);
+  std::vector<double> db_acc(threads * nbias, 0.0);  // per-thread dbias, all heads
+  auto ctx = [&](int sl, int tid, float* dk, float* dv) {
+    const int hh = sl % heads;
+    return SliceCtx{sl / heads, hh, KT.data() + sl * sl_nd, VT.data() + sl * sl_nd,
+                    a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr, dk, dv,
+                    a.dbias ? db_acc.data() + tid * nbias + static_cast<size_t>(hh) * a.bias_rows
+                            : nullptr};
   };
 
   if (slices >= threads) {
+    // Each thread owns a contiguous block of slices (accumulators for all of them) and walks
+    // tiles outer, slices inner, so a tile's index table is built once per thread.
+    std::vector<float> dk_acc(slices * rows_nd), dv_acc(slices * rows_nd);
 #pragma omp parallel num_threads(threads)
     {
-      const int tid = omp_get_thread_num();
-      BwdScratch s(TQ, maxk, a.d, dp);
-      float* dk = dk_acc.data() + tid * rows_nd;
-      float* dv = dv_acc.data() + tid * rows_nd;
-#pragma omp for schedule(static)
-      for (int sl = 0; sl < slices; ++sl) {
+      const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+      const int s0 = static_cast<int>(static_cast<int64_t>(slices) * tid / nth);
+      const int s1 = static_cast<int>(static_cast<int64_t>(slices) * (tid + 1) / nth);
+      BwdScratch s(TQ, maxk, d, dp);
+      std::fill(dk_acc.begin() + s0 * rows_nd, dk_acc.begin() + s1 * rows_nd, 0.f);
+      std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
+      for (int t = 0; t < ntiles; ++t) {
+        if (!s.ti.build(g, TQ, t)) continue;
+        for (int sl = s0; sl < s1; ++sl)
+          bwd_tile(a, ctx(sl, tid, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
+      }
+      for (int sl = s0; sl < s1; ++sl) {
         const int b = sl / heads, hh = sl % heads;
-        std::fill(dk, dk + rows_nd, 0.f);
-        std::fill(dv, dv + rows_nd, 0.f);
-        for (int t = 0; t < ntiles; ++t)
-          if (s.ti.build(g, TQ, t)) bwd_tile(a, bias_of(hh), b, hh, dp, s, dk, dv, db_of(tid, hh));
-        store_rows(dk, N, a.d, dp, a.dk.slice(b, hh), a.dk.sn);
-        store_rows(dv, N, a.d, dp, a.dv.slice(b, hh), a.dv.sn);
+        store_rows(dk_acc.data() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
+        store_rows(dv_acc.data() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
       }
     }
   } else {
+    // Fewer slices than threads: split each slice's tiles, reduce per-thread accumulators.
+    std::vector<float> dk_acc(threads * rows_nd), dv_acc(threads * rows_nd);
     for (int sl = 0; sl < slices; ++sl) {
       const int b = sl / heads, hh = sl % heads;
 #pragma omp parallel num_threads(threads)
       {
-        const int tid = omp_get_thread_num();
-        BwdScratch s(TQ, maxk, a.d, dp);
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        BwdScratch s(TQ, maxk, d, dp);
         float* dk = dk_acc.data() + tid * rows_nd;
         float* dv = dv_acc.data() + tid * rows_nd;
         std::fill(dk, dk + rows_nd, 0.f);
         std::fill(dv, dv + rows_nd, 0.f);
+        const SliceCtx c = ctx(sl, tid, dk, dv);
 #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; ++t)
-          if (s.ti.build(g, TQ, t)) bwd_tile(a, bias_of(hh), b, hh, dp, s, dk, dv, db_of(tid, hh));
+          if (s.ti.build(g, TQ, t)) bwd_tile(a, c, dp, s);
         // implicit barrier: every thread's buffers are complete; reduce in thread order.
 #pragma omp for schedule(static)
         for (int n = 0; n < N; ++n) {
           float* dkr = a.dk.slice(b, hh) + n * a.dk.sn;
           float* dvr = a.dv.slice(b, hh) + n * a.dv.sn;
-          for (int c = 0; c < a.d; ++c) {
+          for (int cc = 0; cc < d; ++cc) {
             float sk = 0.f, sv = 0.f;
-            for (int t2 = 0; t2 < threads; ++t2) {
-              sk += dk_acc[t2 * rows_nd + static_cast<size_t>(n) * dp + c];
-              sv += dv_acc[t2 * rows_nd + static_cast<size_t>(n) * dp + c];
+            for (int t2 = 0; t2 < nth; ++t2) {
+              sk += dk_acc[t2 * rows_nd + static_cast<size_t>(n) * dp + cc];
+              sv += dv_acc[t2 * rows_nd + static_cast<size_t>(n) * dp + cc];
             }
-            dkr[c] = sk;
-            dvr[c] = sv;
+            dkr[cc] = sk;
+            dvr[cc] = sv;
           }
         }
       }
@@ -182,7 +202,8 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
     for (int r = 0; r < a.bias_rows; ++r)
       for (int hh = 0; hh < heads; ++hh) {
         double acc = 0.0;
-        for (int t2 = 0; t2 < threads; ++t2) acc += db_acc[t2 * nbias + static_cast<size_t>(hh) * a.bias_rows + r];
+        for (int t2 = 0; t2 < threads; ++t2)
+          acc += db_acc[t2 * nbias + static_cast<size_t>(hh) * a.bias_rows + r];
         a.dbias[r * heads + hh] += static_cast<float>(acc);
       }
   }

@@ -18,7 +18,7 @@ namespace {
 struct FwdScratch {
   TileIndex ti;
   std::vector<float> KT, V, S, inv;
-  std::vector<const float*> qrows;
+  std::vector<const float*> qrows, vrows;
   std::vector<float*> orows;
   FwdScratch(int TQ, int maxk, int d, int dp) {
     ti.reserve(TQ, maxk);
@@ -28,23 +28,24 @@ struct FwdScratch {
     S.resize(static_cast<size_t>(TQ) * nkp);
     inv.resize(TQ);
     qrows.resize(TQ);
+    vrows.resize(maxk);
     orows.resize(TQ);
   }
 };
 
 // One (tile, batch, head): logits, masked softmax with bias, P V, lse.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void fwd_tile(const AttnFwdArgs& a, const float* biash, int b, int hh, int dp, FwdScratch& s) {
+void fwd_tile(const AttnFwdArgs& a, const float* biash, const float* KTs, int b, int hh, int dp,
+              FwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
   const float* q = a.q.slice(b, hh);
-  const float* k = a.k.slice(b, hh);
   const float* v = a.v.slice(b, hh);
   float* o = a.out.slice(b, hh);
   float* lse = a.lse + (static_cast<int64_t>(b) * a.heads + hh) * a.N;
 
-  pack_cols(k, a.k.sn, ti.k.data(), nk, d, nkp, s.KT.data());
-  pack_rows(v, a.v.sn, ti.k.data(), nk, d, dp, s.V.data());
+  pack_cols_t(KTs, a.N, ti, d, s.KT.data());
+  row_ptrs(v, a.v.sn, ti.k.data(), nk, d, dp, s.V.data(), s.vrows.data());
   for (int i = 0; i < nq; ++i) {
     s.qrows[i] = q + ti.q[i] * a.q.sn;
     s.orows[i] = o + ti.q[i] * a.out.sn;
@@ -81,7 +82,7 @@ void fwd_tile(const AttnFwdArgs& a, const float* biash, int b, int hh, int dp, F
     s.inv[i] = 1.f / l;
     lse[ti.q[i]] = m + std::log(l);
   }
-  rows_times_packed(s.S.data(), nq, nkp, nk, s.V.data(), dp, d, s.inv.data(), s.orows.data());
+  rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
 }
 
 }  // namespace
@@ -91,6 +92,9 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
   const int TQ = tile_size(g), maxk = tile_max_keys(g, TQ), ntiles = tile_count(g, TQ);
   const int dp = round_up(a.d, DB);
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, a.heads);
+  // K transposed once per slice (d x N), so tiles gather candidate columns with contiguous copies.
+  std::vector<float> KT(static_cast<size_t>(a.B) * a.heads * a.d * a.N);
+  transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.data(), a.threads);
 #pragma omp parallel num_threads(a.threads)
   {
     FwdScratch s(TQ, maxk, a.d, dp);
@@ -100,7 +104,7 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
       for (int b = 0; b < a.B; ++b)
         for (int hh = 0; hh < a.heads; ++hh)
           fwd_tile(a, a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr,
-                   b, hh, dp, s);
+                   KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp, s);
     }
   }
 }

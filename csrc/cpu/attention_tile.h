@@ -39,6 +39,9 @@ struct TileIndex {
   int nq = 0, nk = 0, nkp = 0;
   std::vector<int> q, k, brow;
   std::vector<KeyMeta> km;
+  // Candidate keys as runs of consecutive tokens: (first candidate slot, first token, length).
+  struct Run { int j0, t0, len; };
+  std::vector<Run> runs;
 
   void reserve(int TQ, int maxk) {
     q.resize(TQ);
@@ -53,6 +56,11 @@ struct TileIndex {
     if (nq == 0) return false;
     nk = tile_keys(g, TQ, t, q.data(), nq, k.data());
     nkp = round_up(nk, JB);
+    runs.clear();
+    for (int j = 0; j < nk; ++j) {
+      if (j > 0 && k[j] == k[j - 1] + 1) runs.back().len++;
+      else runs.push_back({j, k[j], 1});
+    }
     for (int j = 0; j < nk; ++j) km[j] = key_meta(g, k[j]);
     for (int i = 0; i < nq; ++i) {
       const QueryMeta qm = query_meta(g, q[i]);
@@ -116,8 +124,9 @@ static inline void logits_block(const float* const* A, int nq, int d, const floa
   }
 }
 
-// O_i[:d] = rowscale[i] * sum_j P[i, j] * X[j, :] for i < nq; X packed (nk x dp), dp % DB == 0.
-static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* X,
+// O_i[:d] = rowscale[i] * sum_j P[i, j] * X_j[:] for i < nq; X_j rows readable up to dp
+// (dp % DB == 0: either padded copies or original rows when d % DB == 0).
+static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, int d, const float* rowscale, float* const* O) {
   for (int i0 = 0; i0 < nq; i0 += QB) {
     const float* p[QB];
@@ -127,7 +136,7 @@ static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, co
       for (int r = 0; r < QB; ++r)
         for (int cc = 0; cc < DB; ++cc) acc[r][cc] = 0.f;
       for (int j = 0; j < nk; ++j) {
-        const float* x = X + static_cast<size_t>(j) * dp + c0;
+        const float* x = X[j] + c0;
         for (int r = 0; r < QB; ++r) {
           const float pr = p[r][j];
 #pragma omp simd
@@ -144,7 +153,7 @@ static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, co
 }
 
 // Acc_j[:dp] += alpha * sum_i P[i, j] * X[i, :] for j < nk (Acc rows by pointer, padded to dp).
-static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* X,
+static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, float alpha, float* const* Acc) {
   for (int j0 = 0; j0 < nk; j0 += QB) {
     const int nj = nk - j0 < QB ? nk - j0 : QB;
@@ -153,7 +162,7 @@ static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, co
       for (int r = 0; r < QB; ++r)
         for (int cc = 0; cc < DB; ++cc) acc[r][cc] = 0.f;
       for (int i = 0; i < nq; ++i) {
-        const float* x = X + static_cast<size_t>(i) * dp + c0;
+        const float* x = X[i] + c0;
         const float* pi = P + static_cast<size_t>(i) * nkp + j0;
         for (int r = 0; r < QB; ++r) {
           const float pr = pi[r < nj ? r : 0];
@@ -170,26 +179,48 @@ static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, co
   }
 }
 
-// Gathers rows src + idx[j] * sn (d floats each) into dst (n x dp), zero-padding to dp.
-static inline void pack_rows(const float* src, int64_t sn, const int* idx, int n, int d, int dp,
-                             float* dst) {
+// Row pointers of src + idx[j] * sn for j < n, readable up to dp floats: the rows themselves
+// when d == dp, else copies zero-padded to dp in buf (n x dp).
+static inline void row_ptrs(const float* src, int64_t sn, const int* idx, int n, int d, int dp,
+                            float* buf, const float** rows) {
   for (int j = 0; j < n; ++j) {
     const float* s = src + idx[j] * sn;
-    float* o = dst + static_cast<size_t>(j) * dp;
-    for (int c = 0; c < d; ++c) o[c] = s[c];
-    for (int c = d; c < dp; ++c) o[c] = 0.f;
+    if (d == dp) {
+      rows[j] = s;
+    } else {
+      float* o = buf + static_cast<size_t>(j) * dp;
+      std::memcpy(o, s, sizeof(float) * d);
+      std::memset(o + d, 0, sizeof(float) * (dp - d));
+      rows[j] = o;
+    }
   }
 }
 
-// Gathers rows src + idx[j] * sn transposed into dst (d x nkp), zero-padding columns to nkp.
-static inline void pack_cols(const float* src, int64_t sn, const int* idx, int n, int d, int nkp,
-                             float* dst) {
-  for (int j = 0; j < n; ++j) {
-    const float* s = src + idx[j] * sn;
-    for (int c = 0; c < d; ++c) dst[static_cast<size_t>(c) * nkp + j] = s[c];
+
+// Gathers the tile's candidate columns from a transposed slice XT (d x N) into dst (d x nkp),
+// run by run (contiguous copies), zero-padding columns to nkp.
+static inline void pack_cols_t(const float* XT, int N, const TileIndex& ti, int d, float* dst) {
+  for (int c = 0; c < d; ++c) {
+    const float* src = XT + static_cast<size_t>(c) * N;
+    float* o = dst + static_cast<size_t>(c) * ti.nkp;
+    for (const TileIndex::Run& r : ti.runs) std::memcpy(o + r.j0, src + r.t0, sizeof(float) * r.len);
+    for (int j = ti.nk; j < ti.nkp; ++j) o[j] = 0.f;
   }
-  for (int c = 0; c < d; ++c)
-    for (int j = n; j < nkp; ++j) dst[static_cast<size_t>(c) * nkp + j] = 0.f;
+}
+
+// Transposes every (batch, head) slice of a view into XT (B*heads slices of d x N), in parallel.
+inline void transpose_slices(const View& x, int B, int heads, int N, int d, float* XT, int threads) {
+  constexpr int NB = 64;
+  const int nblk = (N + NB - 1) / NB;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+  for (int sl = 0; sl < B * heads; ++sl)
+    for (int blk = 0; blk < nblk; ++blk) {
+      const float* src = x.slice(sl / heads, sl % heads);
+      float* dst = XT + static_cast<size_t>(sl) * d * N;
+      const int n1 = (blk + 1) * NB < N ? (blk + 1) * NB : N;
+      for (int c = 0; c < d; ++c)
+        for (int n = blk * NB; n < n1; ++n) dst[static_cast<size_t>(c) * N + n] = src[n * x.sn + c];
+    }
 }
 
 // Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
