@@ -28,7 +28,7 @@ inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
 // candidate set (TQ + k - 1 columns) is not dominated by masked keys.
 inline int tile_size(const Geom& g) {
   switch (g.kind) {
-    case CLIP: return g.p1 >= 4 ? 16 : 8;
+    case CLIP: return 8;
     case NBHD: return g.p1 >= 5 ? 16 : 8;
     default: return 32;
   }
