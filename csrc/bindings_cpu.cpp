@@ -59,6 +59,30 @@ PYBIND11_MODULE(_C_cpu, m) {
           tgf::attn_bwd_f32(a);
         });
 
+  // Resampling on contiguous (B, N, C) maps; H, W follow the `_library` convention of each op.
+  auto map_op = [&m](const char* name, void (*fn)(const float*, float*, int64_t, int64_t, int64_t,
+                                                   int64_t, int)) {
+    m.def(name, [fn](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C,
+                     int threads) {
+      py::gil_scoped_release nogil;
+      fn(P<const float>(x), P<float>(out), B, H, W, C, threads);
+    });
+  };
+  map_op("bicubic_upsample_seq_f32", tgf::bicubic_upsample_seq_f32);
+  map_op("bicubic_upsample_seq_adjoint_f32", tgf::bicubic_upsample_seq_adjoint_f32);
+  map_op("avg_pool_seq_f32", tgf::avg_pool_seq_f32);
+  map_op("avg_pool_seq_adjoint_f32", tgf::avg_pool_seq_adjoint_f32);
+  m.def("pixel_norm_f32", [](uintptr_t x, uintptr_t out, int64_t T, int64_t C, int threads) {
+    py::gil_scoped_release nogil;
+    tgf::pixel_norm_f32(P<const float>(x), P<float>(out), T, C, threads);
+  });
+  m.def("pixel_norm_backward_f32",
+        [](uintptr_t x, uintptr_t g, uintptr_t out, int64_t T, int64_t C, int threads) {
+          py::gil_scoped_release nogil;
+          tgf::pixel_norm_backward_f32(P<const float>(x), P<const float>(g), P<float>(out), T, C,
+                                       threads);
+        });
+
   // Index math exposed for tests (the same header the CUDA kernels compile): for every
   // (query, key) pair, the bias row if the key is visible, else -1; row-major N x N.
   m.def("geom_table", [](std::vector<int> g) {

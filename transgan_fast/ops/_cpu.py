@@ -62,3 +62,30 @@ if _C is not None:
                         _view(dk), _view(dv), lse.data_ptr(), _ptr(bias), _ptr(dbias),
                         0 if bias is None else bias.shape[0], B, h, N, d, geom.as_list(),
                         float(scale), torch.get_num_threads())
+
+    def _map_kernel(op, fn):
+        """Register a resampling kernel `(x, H, W, out)` over contiguous (B, N, C) maps."""
+        @register_kernel("cpu", op)
+        def kernel(x, H, W, out):
+            _check_f32(op, x, out)
+            _C_fn = getattr(_C, fn)
+            _C_fn(x.data_ptr(), out.data_ptr(), x.shape[0], H, W, x.shape[2], torch.get_num_threads())
+        return kernel
+
+    for _op in ("bicubic_upsample_seq", "bicubic_upsample_seq_adjoint", "avg_pool_seq",
+                "avg_pool_seq_adjoint"):
+        _map_kernel(_op, _op + "_f32")
+
+    @register_kernel("cpu", "pixel_norm")
+    def pixel_norm(x, out):
+        _check_f32("pixel_norm", x, out)
+        C = x.shape[-1]
+        _C.pixel_norm_f32(x.data_ptr(), out.data_ptr(), x.numel() // max(C, 1), C,
+                          torch.get_num_threads())
+
+    @register_kernel("cpu", "pixel_norm_backward")
+    def pixel_norm_backward(x, g, out):
+        _check_f32("pixel_norm_backward", x, g, out)
+        C = x.shape[-1]
+        _C.pixel_norm_backward_f32(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel() // max(C, 1),
+                                   C, torch.get_num_threads())
