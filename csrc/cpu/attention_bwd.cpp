@@ -126,47 +126,54 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
   const int threads = std::max(1, std::min(a.threads, std::max(slices, ntiles)));
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, heads);
   const size_t sl_nd = static_cast<size_t>(N) * d, rows_nd = static_cast<size_t>(N) * dp;
-  const size_t nbias = a.dbias ? static_cast<size_t>(a.bias_rows) * heads : 0;
   // K and V transposed once per slice, so tiles gather candidate columns with contiguous copies.
   std::vector<float> KT(slices * sl_nd), VT(slices * sl_nd);
   transpose_slices(a.k, a.B, heads, N, d, KT.data(), threads);
   transpose_slices(a.v, a.B, heads, N, d, VT.data(), threads);
-  std::vector<double> db_acc(threads * nbias, 0.0);  // per-thread dbias, all heads
-  auto ctx = [&](int sl, int tid, float* dk, float* dv) {
+  // dbias accumulators per slice (double), summed over slices in a fixed order at the end, so
+  // dbias does not depend on which thread ran which slice.
+  const size_t nrows = a.dbias ? static_cast<size_t>(a.bias_rows) : 0;
+  std::vector<double> db_acc(slices * nrows, 0.0);
+  auto ctx = [&](int sl, float* dk, float* dv) {
     const int hh = sl % heads;
     return SliceCtx{sl / heads, hh, KT.data() + sl * sl_nd, VT.data() + sl * sl_nd,
                     a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr, dk, dv,
-                    a.dbias ? db_acc.data() + tid * nbias + static_cast<size_t>(hh) * a.bias_rows
-                            : nullptr};
+                    a.dbias ? db_acc.data() + sl * nrows : nullptr};
   };
 
   if (slices >= threads) {
-    // Each thread owns a contiguous block of slices (accumulators for all of them) and walks
-    // tiles outer, slices inner, so a tile's index table is built once per thread.
+    // Each slice is owned by one thread (dk/dv written once, no reduction). Slices are handed
+    // out in small blocks on demand (a busy core does not stall the others); inside a block the
+    // walk is tiles outer, slices inner, so a tile's index table is built once per block.
+    const int per = std::max(1, slices / (4 * threads));
+    const int nblocks = (slices + per - 1) / per;
     std::vector<float> dk_acc(slices * rows_nd), dv_acc(slices * rows_nd);
 #pragma omp parallel num_threads(threads)
     {
-      const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-      const int s0 = static_cast<int>(static_cast<int64_t>(slices) * tid / nth);
-      const int s1 = static_cast<int>(static_cast<int64_t>(slices) * (tid + 1) / nth);
       BwdScratch s(TQ, maxk, d, dp);
-      std::fill(dk_acc.begin() + s0 * rows_nd, dk_acc.begin() + s1 * rows_nd, 0.f);
-      std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
-      for (int t = 0; t < ntiles; ++t) {
-        if (!s.ti.build(g, TQ, t)) continue;
-        for (int sl = s0; sl < s1; ++sl)
-          bwd_tile(a, ctx(sl, tid, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
-      }
-      for (int sl = s0; sl < s1; ++sl) {
-        const int b = sl / heads, hh = sl % heads;
-        store_rows(dk_acc.data() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
-        store_rows(dv_acc.data() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
+#pragma omp for schedule(dynamic, 1)
+      for (int blk = 0; blk < nblocks; ++blk) {
+        const int s0 = blk * per, s1 = std::min(slices, s0 + per);
+        std::fill(dk_acc.begin() + s0 * rows_nd, dk_acc.begin() + s1 * rows_nd, 0.f);
+        std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
+        for (int t = 0; t < ntiles; ++t) {
+          if (!s.ti.build(g, TQ, t)) continue;
+          for (int sl = s0; sl < s1; ++sl)
+            bwd_tile(a, ctx(sl, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
+        }
+        for (int sl = s0; sl < s1; ++sl) {
+          const int b = sl / heads, hh = sl % heads;
+          store_rows(dk_acc.data() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
+          store_rows(dv_acc.data() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
+        }
       }
     }
   } else {
     // Fewer slices than threads: split each slice's tiles, reduce per-thread accumulators.
     std::vector<float> dk_acc(threads * rows_nd), dv_acc(threads * rows_nd);
+    std::vector<double> db_thr(threads * nrows);
     for (int sl = 0; sl < slices; ++sl) {
+      std::fill(db_thr.begin(), db_thr.end(), 0.0);
       const int b = sl / heads, hh = sl % heads;
 #pragma omp parallel num_threads(threads)
       {
@@ -176,7 +183,9 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
         float* dv = dv_acc.data() + tid * rows_nd;
         std::fill(dk, dk + rows_nd, 0.f);
         std::fill(dv, dv + rows_nd, 0.f);
-        const SliceCtx c = ctx(sl, tid, dk, dv);
+        SliceCtx c = ctx(sl, dk, dv);
+        // dbias: one accumulator per thread for this slice (reduced below in thread order).
+        if (c.db) c.db = db_thr.data() + tid * nrows;
 #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; ++t)
           if (s.ti.build(g, TQ, t)) bwd_tile(a, c, dp, s);
@@ -196,14 +205,15 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
           }
         }
       }
+      for (int t2 = 0; t2 < threads; ++t2)
+        for (size_t r = 0; r < nrows; ++r) db_acc[sl * nrows + r] += db_thr[t2 * nrows + r];
     }
   }
   if (a.dbias) {
     for (int r = 0; r < a.bias_rows; ++r)
       for (int hh = 0; hh < heads; ++hh) {
         double acc = 0.0;
-        for (int t2 = 0; t2 < threads; ++t2)
-          acc += db_acc[t2 * nbias + static_cast<size_t>(hh) * a.bias_rows + r];
+        for (int b = 0; b < a.B; ++b) acc += db_acc[(static_cast<size_t>(b) * heads + hh) * nrows + r];
         a.dbias[r * heads + hh] += static_cast<float>(acc);
       }
   }
