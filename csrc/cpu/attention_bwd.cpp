@@ -20,7 +20,7 @@ namespace {
 
 struct BwdScratch {
   TileIndex ti;
-  std::vector<float> KT, VT, K, Q, dO, S, dP, D;
+  std::vector<float> KT, VT, K, Q, dO, S, dP, D, bias, dS_sum;
   std::vector<const float*> qrows, dorows, krows;
   std::vector<float*> dqrows, dkrows, dvrows;
   BwdScratch(int TQ, int maxk, int d, int dp) {
@@ -33,6 +33,8 @@ struct BwdScratch {
     dO.resize(static_cast<size_t>(TQ) * dp);
     S.resize(static_cast<size_t>(TQ) * nkp);
     dP.resize(static_cast<size_t>(TQ) * nkp);
+    bias.resize(static_cast<size_t>(TQ) * nkp);
+    dS_sum.resize(static_cast<size_t>(TQ) * nkp);
     D.resize(TQ);
     qrows.resize(TQ);
     dorows.resize(TQ);
@@ -43,16 +45,29 @@ struct BwdScratch {
   }
 };
 
-// Everything one slice's tiles read: the slice's transposed K and V, bias column, accumulators.
+// Everything one slice's tiles read: the slice's transposed K and V and its accumulators.
+// The tile's bias/mask term (BwdScratch::bias) is built per (tile, head) by the caller, and
+// dS is summed over the batch into BwdScratch::dS_sum, scattered into dbias by flush_dbias.
 struct SliceCtx {
   int b, hh;
   const float* KT;  // d x N
   const float* VT;  // d x N
-  const float* bias;
   float* dk_acc;    // N x dp
   float* dv_acc;    // N x dp
-  double* db;       // bias rows of this head, or nullptr
+  bool want_db;
 };
+
+// dbias rows of one head += the batch-summed dS of the tile; clears the sum.
+void flush_dbias(BwdScratch& s, double* db) {
+  const TileIndex& ti = s.ti;
+  for (int i = 0; i < ti.nq; ++i) {
+    const int* br = ti.brow.data() + static_cast<size_t>(i) * ti.nkp;
+    float* ds = s.dS_sum.data() + static_cast<size_t>(i) * ti.nkp;
+    for (int j = 0; j < ti.nk; ++j)
+      if (br[j] >= 0) db[br[j]] += ds[j];
+    std::fill(ds, ds + ti.nkp, 0.f);
+  }
+}
 
 // One (tile, slice).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -87,22 +102,23 @@ void bwd_tile(const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s) {
   logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
   logits_block(s.dorows.data(), nq, d, s.VT.data(), nkp, 1.f, s.dP.data());
 
-  const float* biash = c.bias;
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
     float* dprow = s.dP.data() + static_cast<size_t>(i) * nkp;
+    const float* bt = s.bias.data() + static_cast<size_t>(i) * nkp;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
     const float m = lse[ti.q[i]], Di = s.D[i];
 #pragma omp simd
     for (int j = 0; j < nkp; ++j) {
-      const float x = srow[j] + (biash ? biash[br[j] < 0 ? 0 : br[j]] : 0.f);
-      const float p = br[j] >= 0 ? exp_neg(x - m) : 0.f;
+      const float p = br[j] >= 0 ? exp_neg(srow[j] + bt[j] - m) : 0.f;
       srow[j] = p;                                         // S now holds P
       dprow[j] = br[j] >= 0 ? p * (dprow[j] - Di) : 0.f;   // dP now holds dS
     }
-    if (c.db)
-      for (int j = 0; j < nk; ++j)
-        if (br[j] >= 0) c.db[br[j]] += dprow[j];
+    if (c.want_db) {
+      float* ds = s.dS_sum.data() + static_cast<size_t>(i) * nkp;
+#pragma omp simd
+      for (int j = 0; j < nkp; ++j) ds[j] += dprow[j];
+    }
   }
   for (int i = 0; i < nq; ++i) s.D[i] = a.scale;  // row scale of dq
   rows_times_packed(s.dP.data(), nq, nkp, nk, s.krows.data(), dp, d, s.D.data(), s.dqrows.data());
@@ -134,11 +150,14 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
   // dbias does not depend on which thread ran which slice.
   const size_t nrows = a.dbias ? static_cast<size_t>(a.bias_rows) : 0;
   std::vector<double> db_acc(slices * nrows, 0.0);
+  // Slices are numbered head-major (sl = hh * B + b) so consecutive slices share the bias term.
   auto ctx = [&](int sl, float* dk, float* dv) {
-    const int hh = sl % heads;
-    return SliceCtx{sl / heads, hh, KT.data() + sl * sl_nd, VT.data() + sl * sl_nd,
-                    a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr, dk, dv,
-                    a.dbias ? db_acc.data() + sl * nrows : nullptr};
+    const int hh = sl / a.B, b = sl % a.B;
+    const size_t off = (static_cast<size_t>(b) * heads + hh) * sl_nd;
+    return SliceCtx{b, hh, KT.data() + off, VT.data() + off, dk, dv, a.dbias != nullptr};
+  };
+  auto bias_of = [&](int hh) {
+    return a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr;
   };
 
   if (slices >= threads) {
@@ -158,11 +177,20 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
         std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
         for (int t = 0; t < ntiles; ++t) {
           if (!s.ti.build(g, TQ, t)) continue;
-          for (int sl = s0; sl < s1; ++sl)
+          int group = -1;  // first slice of the current run of one head
+          for (int sl = s0; sl < s1; ++sl) {
+            const int hh = sl / a.B;
+            if (group < 0 || hh != group / a.B) {
+              if (group >= 0 && a.dbias) flush_dbias(s, db_acc.data() + group * nrows);
+              bias_tile(s.ti, bias_of(hh), s.bias.data());
+              group = sl;
+            }
             bwd_tile(a, ctx(sl, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
+          }
+          if (a.dbias) flush_dbias(s, db_acc.data() + group * nrows);
         }
         for (int sl = s0; sl < s1; ++sl) {
-          const int b = sl / heads, hh = sl % heads;
+          const int hh = sl / a.B, b = sl % a.B;
           store_rows(dk_acc.data() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
           store_rows(dv_acc.data() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
         }
@@ -174,7 +202,7 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
     std::vector<double> db_thr(threads * nrows);
     for (int sl = 0; sl < slices; ++sl) {
       std::fill(db_thr.begin(), db_thr.end(), 0.0);
-      const int b = sl / heads, hh = sl % heads;
+      const int hh = sl / a.B, b = sl % a.B;
 #pragma omp parallel num_threads(threads)
       {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -183,12 +211,16 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
         float* dv = dv_acc.data() + tid * rows_nd;
         std::fill(dk, dk + rows_nd, 0.f);
         std::fill(dv, dv + rows_nd, 0.f);
-        SliceCtx c = ctx(sl, dk, dv);
+        const SliceCtx c = ctx(sl, dk, dv);
+        std::fill(s.dS_sum.begin(), s.dS_sum.end(), 0.f);
         // dbias: one accumulator per thread for this slice (reduced below in thread order).
-        if (c.db) c.db = db_thr.data() + tid * nrows;
 #pragma omp for schedule(static)
-        for (int t = 0; t < ntiles; ++t)
-          if (s.ti.build(g, TQ, t)) bwd_tile(a, c, dp, s);
+        for (int t = 0; t < ntiles; ++t) {
+          if (!s.ti.build(g, TQ, t)) continue;
+          bias_tile(s.ti, bias_of(hh), s.bias.data());
+          bwd_tile(a, c, dp, s);
+          if (a.dbias) flush_dbias(s, db_thr.data() + tid * nrows);
+        }
         // implicit barrier: every thread's buffers are complete; reduce in thread order.
 #pragma omp for schedule(static)
         for (int n = 0; n < N; ++n) {
@@ -213,7 +245,7 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
     for (int r = 0; r < a.bias_rows; ++r)
       for (int hh = 0; hh < heads; ++hh) {
         double acc = 0.0;
-        for (int b = 0; b < a.B; ++b) acc += db_acc[(static_cast<size_t>(b) * heads + hh) * nrows + r];
+        for (int b = 0; b < a.B; ++b) acc += db_acc[(static_cast<size_t>(hh) * a.B + b) * nrows + r];
         a.dbias[r * heads + hh] += static_cast<float>(acc);
       }
   }

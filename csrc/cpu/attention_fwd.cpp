@@ -17,7 +17,7 @@ namespace {
 
 struct FwdScratch {
   TileIndex ti;
-  std::vector<float> KT, V, S, inv;
+  std::vector<float> KT, V, S, inv, bias;
   std::vector<const float*> qrows, vrows;
   std::vector<float*> orows;
   FwdScratch(int TQ, int maxk, int d, int dp) {
@@ -26,6 +26,7 @@ struct FwdScratch {
     KT.resize(static_cast<size_t>(d) * nkp);
     V.resize(static_cast<size_t>(maxk) * dp);
     S.resize(static_cast<size_t>(TQ) * nkp);
+    bias.resize(static_cast<size_t>(TQ) * nkp);
     inv.resize(TQ);
     qrows.resize(TQ);
     vrows.resize(maxk);
@@ -35,8 +36,7 @@ struct FwdScratch {
 
 // One (tile, batch, head): logits, masked softmax with bias, P V, lse.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void fwd_tile(const AttnFwdArgs& a, const float* biash, const float* KTs, int b, int hh, int dp,
-              FwdScratch& s) {
+void fwd_tile(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, FwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
   const float* q = a.q.slice(b, hh);
@@ -55,22 +55,15 @@ void fwd_tile(const AttnFwdArgs& a, const float* biash, const float* KTs, int b,
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
+    const float* brow = s.bias.data() + static_cast<size_t>(i) * nkp;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
+    // The select keeps a NaN logit of a masked key out of this row.
     float m = ninf;
-    if (biash) {
 #pragma omp simd reduction(max : m)
-      for (int j = 0; j < nkp; ++j) {
-        const float x = br[j] >= 0 ? srow[j] + biash[br[j] < 0 ? 0 : br[j]] : ninf;
-        srow[j] = x;
-        m = std::max(m, x);
-      }
-    } else {
-#pragma omp simd reduction(max : m)
-      for (int j = 0; j < nkp; ++j) {
-        const float x = br[j] >= 0 ? srow[j] : ninf;
-        srow[j] = x;
-        m = std::max(m, x);
-      }
+    for (int j = 0; j < nkp; ++j) {
+      const float x = br[j] >= 0 ? srow[j] + brow[j] : ninf;
+      srow[j] = x;
+      m = m > x ? m : x;
     }
     float l = 0.f;
 #pragma omp simd reduction(+ : l)
@@ -101,10 +94,12 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
       if (!s.ti.build(g, TQ, t)) continue;
-      for (int b = 0; b < a.B; ++b)
-        for (int hh = 0; hh < a.heads; ++hh)
-          fwd_tile(a, a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr,
-                   KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp, s);
+      for (int hh = 0; hh < a.heads; ++hh) {
+        bias_tile(s.ti, a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr,
+                  s.bias.data());
+        for (int b = 0; b < a.B; ++b)
+          fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp, s);
+      }
     }
   }
 }

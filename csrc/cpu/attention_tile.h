@@ -125,58 +125,72 @@ static inline void logits_block(const float* const* A, int nq, int d, const floa
 }
 
 // O_i[:d] = rowscale[i] * sum_j P[i, j] * X_j[:] for i < nq; X_j rows readable up to dp
-// (dp % DB == 0: either padded copies or original rows when d % DB == 0).
-static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
-                                     int dp, int d, const float* rowscale, float* const* O) {
-  for (int i0 = 0; i0 < nq; i0 += QB) {
-    const float* p[QB];
-    for (int r = 0; r < QB; ++r) p[r] = P + static_cast<size_t>(i0 + (i0 + r < nq ? r : 0)) * nkp;
-    for (int c0 = 0; c0 < dp; c0 += DB) {
-      float acc[QB][DB];
-      for (int r = 0; r < QB; ++r)
-        for (int cc = 0; cc < DB; ++cc) acc[r][cc] = 0.f;
-      for (int j = 0; j < nk; ++j) {
-        const float* x = X[j] + c0;
-        for (int r = 0; r < QB; ++r) {
-          const float pr = p[r][j];
+// (dp % DB == 0: either padded copies or original rows when d % DB == 0). R rows x CW lanes of
+// accumulators per block (8 independent FMA chains either way).
+template <int R, int CW>
+static inline void rows_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                   int c0, int d, const float* rowscale, float* const* O) {
+  for (int i0 = 0; i0 < nq; i0 += R) {
+    const float* p[R];
+    for (int r = 0; r < R; ++r) p[r] = P + static_cast<size_t>(i0 + (i0 + r < nq ? r : 0)) * nkp;
+    float acc[R][CW];
+    for (int r = 0; r < R; ++r)
+      for (int cc = 0; cc < CW; ++cc) acc[r][cc] = 0.f;
+    for (int j = 0; j < nk; ++j) {
+      const float* x = X[j] + c0;
+      for (int r = 0; r < R; ++r) {
+        const float pr = p[r][j];
 #pragma omp simd
-          for (int cc = 0; cc < DB; ++cc) acc[r][cc] += pr * x[cc];
-        }
+        for (int cc = 0; cc < CW; ++cc) acc[r][cc] += pr * x[cc];
       }
-      for (int r = 0; r < QB && i0 + r < nq; ++r) {
-        const int cn = d - c0 < DB ? d - c0 : DB;
-        float* o = O[i0 + r] + c0;
-        for (int cc = 0; cc < cn; ++cc) o[cc] = rowscale[i0 + r] * acc[r][cc];
-      }
+    }
+    const int cn = d - c0 < CW ? d - c0 : CW;
+    for (int r = 0; r < R && i0 + r < nq; ++r) {
+      float* o = O[i0 + r] + c0;
+      for (int cc = 0; cc < cn; ++cc) o[cc] = rowscale[i0 + r] * acc[r][cc];
     }
   }
 }
 
-// Acc_j[:dp] += alpha * sum_i P[i, j] * X[i, :] for j < nk (Acc rows by pointer, padded to dp).
-static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
-                                     int dp, float alpha, float* const* Acc) {
-  for (int j0 = 0; j0 < nk; j0 += QB) {
-    const int nj = nk - j0 < QB ? nk - j0 : QB;
-    for (int c0 = 0; c0 < dp; c0 += DB) {
-      float acc[QB][DB];
-      for (int r = 0; r < QB; ++r)
-        for (int cc = 0; cc < DB; ++cc) acc[r][cc] = 0.f;
-      for (int i = 0; i < nq; ++i) {
-        const float* x = X[i] + c0;
-        const float* pi = P + static_cast<size_t>(i) * nkp + j0;
-        for (int r = 0; r < QB; ++r) {
-          const float pr = pi[r < nj ? r : 0];
+static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                     int dp, int d, const float* rowscale, float* const* O) {
+  int c0 = 0;
+  for (; c0 + 2 * DB <= dp; c0 += 2 * DB)
+    rows_times_impl<4, 2 * DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  if (c0 < dp) rows_times_impl<8, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+}
+
+// Acc_j[:dp] += alpha * sum_i P[i, j] * X_i[:] for j < nk (Acc rows by pointer, padded to dp).
+template <int R, int CW>
+static inline void cols_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                   int c0, float alpha, float* const* Acc) {
+  for (int j0 = 0; j0 < nk; j0 += R) {
+    const int nj = nk - j0 < R ? nk - j0 : R;
+    float acc[R][CW];
+    for (int r = 0; r < R; ++r)
+      for (int cc = 0; cc < CW; ++cc) acc[r][cc] = 0.f;
+    for (int i = 0; i < nq; ++i) {
+      const float* x = X[i] + c0;
+      const float* pi = P + static_cast<size_t>(i) * nkp + j0;
+      for (int r = 0; r < R; ++r) {
+        const float pr = pi[r];  // columns past nk are zero padding (nkp % JB == 0)
 #pragma omp simd
-          for (int cc = 0; cc < DB; ++cc) acc[r][cc] += pr * x[cc];
-        }
-      }
-      for (int r = 0; r < nj; ++r) {
-        float* a = Acc[j0 + r] + c0;
-#pragma omp simd
-        for (int cc = 0; cc < DB; ++cc) a[cc] += alpha * acc[r][cc];
+        for (int cc = 0; cc < CW; ++cc) acc[r][cc] += pr * x[cc];
       }
     }
+    for (int r = 0; r < nj; ++r) {
+      float* a = Acc[j0 + r] + c0;
+#pragma omp simd
+      for (int cc = 0; cc < CW; ++cc) a[cc] += alpha * acc[r][cc];
+    }
   }
+}
+
+static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                     int dp, float alpha, float* const* Acc) {
+  int c0 = 0;
+  for (; c0 + 2 * DB <= dp; c0 += 2 * DB) cols_times_impl<4, 2 * DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  if (c0 < dp) cols_times_impl<8, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
 }
 
 // Row pointers of src + idx[j] * sn for j < n, readable up to dp floats: the rows themselves
@@ -221,6 +235,19 @@ inline void transpose_slices(const View& x, int B, int heads, int N, int d, floa
       for (int c = 0; c < d; ++c)
         for (int n = blk * NB; n < n1; ++n) dst[static_cast<size_t>(c) * N + n] = src[n * x.sn + c];
     }
+}
+
+// The tile's additive logit term for one head: bias[brow] where visible, -inf where masked
+// (bias == nullptr: 0 where visible). Built once per (tile, head) and shared by the batch.
+static inline void bias_tile(const TileIndex& ti, const float* bias, float* out) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const size_t n = static_cast<size_t>(ti.nq) * ti.nkp;
+  const int* br = ti.brow.data();
+  if (bias) {
+    for (size_t e = 0; e < n; ++e) out[e] = br[e] >= 0 ? bias[br[e]] : ninf;
+  } else {
+    for (size_t e = 0; e < n; ++e) out[e] = br[e] >= 0 ? 0.f : ninf;
+  }
 }
 
 // Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
