@@ -70,8 +70,7 @@ void flush_dbias(BwdScratch& s, double* db) {
 }
 
 // One (tile, slice).
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void bwd_tile(const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s) {
+TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
   const float* q = a.q.slice(c.b, c.hh);
@@ -105,12 +104,12 @@ void bwd_tile(const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s) {
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
     float* dprow = s.dP.data() + static_cast<size_t>(i) * nkp;
-    const float* bt = s.bias.data() + static_cast<size_t>(i) * nkp;
+    const float* bt = a.bias ? s.bias.data() + static_cast<size_t>(i) * nkp : nullptr;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
     const float m = lse[ti.q[i]], Di = s.D[i];
 #pragma omp simd
     for (int j = 0; j < nkp; ++j) {
-      const float p = br[j] >= 0 ? exp_neg(srow[j] + bt[j] - m) : 0.f;
+      const float p = br[j] >= 0 ? exp_neg(srow[j] + (bt ? bt[j] : 0.f) - m) : 0.f;
       srow[j] = p;                                         // S now holds P
       dprow[j] = br[j] >= 0 ? p * (dprow[j] - Di) : 0.f;   // dP now holds dS
     }
@@ -125,6 +124,9 @@ void bwd_tile(const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s) {
   cols_times_packed(s.dP.data(), nq, nkp, nk, s.qrows.data(), dp, a.scale, s.dkrows.data());
   cols_times_packed(s.S.data(), nq, nkp, nk, s.dorows.data(), dp, 1.f, s.dvrows.data());
 }
+
+TGF_ISA_DISPATCH(bwd_tile, bwd_tile_body, (const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s),
+                 (a, c, dp, s))
 
 // Writes accumulated rows (N x dp) into a strided (N, d) output.
 void store_rows(const float* acc, int N, int d, int dp, float* out, int64_t sn) {
@@ -182,7 +184,7 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
             const int hh = sl / a.B;
             if (group < 0 || hh != group / a.B) {
               if (group >= 0 && a.dbias) flush_dbias(s, db_acc.data() + group * nrows);
-              bias_tile(s.ti, bias_of(hh), s.bias.data());
+              if (a.bias) bias_tile(s.ti, bias_of(hh), s.bias.data());
               group = sl;
             }
             bwd_tile(a, ctx(sl, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
@@ -217,7 +219,7 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
 #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; ++t) {
           if (!s.ti.build(g, TQ, t)) continue;
-          bias_tile(s.ti, bias_of(hh), s.bias.data());
+          if (a.bias) bias_tile(s.ti, bias_of(hh), s.bias.data());
           bwd_tile(a, c, dp, s);
           if (a.dbias) flush_dbias(s, db_thr.data() + tid * nrows);
         }

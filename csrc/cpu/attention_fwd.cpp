@@ -35,8 +35,8 @@ struct FwdScratch {
 };
 
 // One (tile, batch, head): logits, masked softmax with bias, P V, lse.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void fwd_tile(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, FwdScratch& s) {
+TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp,
+                                      FwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
   const float* q = a.q.slice(b, hh);
@@ -55,15 +55,24 @@ void fwd_tile(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, Fwd
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
-    const float* brow = s.bias.data() + static_cast<size_t>(i) * nkp;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
     // The select keeps a NaN logit of a masked key out of this row.
     float m = ninf;
+    if (a.bias) {
+      const float* bt = s.bias.data() + static_cast<size_t>(i) * nkp;
 #pragma omp simd reduction(max : m)
-    for (int j = 0; j < nkp; ++j) {
-      const float x = br[j] >= 0 ? srow[j] + brow[j] : ninf;
-      srow[j] = x;
-      m = m > x ? m : x;
+      for (int j = 0; j < nkp; ++j) {
+        const float x = br[j] >= 0 ? srow[j] + bt[j] : ninf;
+        srow[j] = x;
+        m = m > x ? m : x;
+      }
+    } else {
+#pragma omp simd reduction(max : m)
+      for (int j = 0; j < nkp; ++j) {
+        const float x = br[j] >= 0 ? srow[j] : ninf;
+        srow[j] = x;
+        m = m > x ? m : x;
+      }
     }
     float l = 0.f;
 #pragma omp simd reduction(+ : l)
@@ -77,6 +86,10 @@ void fwd_tile(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, Fwd
   }
   rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
 }
+
+TGF_ISA_DISPATCH(fwd_tile, fwd_tile_body,
+                 (const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, FwdScratch& s),
+                 (a, KTs, b, hh, dp, s))
 
 }  // namespace
 
@@ -95,8 +108,7 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
     for (int t = 0; t < ntiles; ++t) {
       if (!s.ti.build(g, TQ, t)) continue;
       for (int hh = 0; hh < a.heads; ++hh) {
-        bias_tile(s.ti, a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr,
-                  s.bias.data());
+        if (a.bias) bias_tile(s.ti, biash.data() + static_cast<size_t>(hh) * a.bias_rows, s.bias.data());
         for (int b = 0; b < a.B; ++b)
           fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp, s);
       }

@@ -22,6 +22,28 @@ constexpr int QB = 4;    // queries per register block
 constexpr int JB = 32;   // candidate keys per register block (logit micro-kernel)
 constexpr int DB = 16;   // head-dim lanes per register block (value micro-kernels)
 
+// Hot helpers are force-inlined into the per-ISA entry points (TGF_ISA_DISPATCH below), so
+// each copy is compiled for that ISA.
+#define TGF_KERNEL_INLINE static inline __attribute__((always_inline))
+
+// Compiles `body_fn` (a TGF_KERNEL_INLINE function) three times: AVX-512 (512-bit vectors),
+// AVX2+FMA, and baseline x86-64; `name` picks the best one for this CPU at run time. No
+// -march=native: the wheel runs on any x86-64.
+#define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS)                                      \
+  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
+    body_fn ARGS;                                                                          \
+  }                                                                                        \
+  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_fn ARGS; }        \
+  void name##_v1 PARAMS { body_fn ARGS; }                                                  \
+  void name PARAMS {                                                                       \
+    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
+                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
+                                                                   : 1;                    \
+    if (level == 4) name##_v4 ARGS;                                                        \
+    else if (level == 3) name##_v3 ARGS;                                                   \
+    else name##_v1 ARGS;                                                                   \
+  }
+
 inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
 
 // Query tile size per geometry kind: row tiles of the local kinds stay short so that the
@@ -77,7 +99,7 @@ struct TileIndex {
 
 // exp(x) for x <= 0 (softmax arguments), vectorizable; exact 0 below -87.3, NaN stays NaN.
 // Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n from the exponent bits.
-static inline float exp_neg(float x) {
+TGF_KERNEL_INLINE float exp_neg(float x) {
   const float xc = x < -87.0f ? -87.0f : x;
   const float n = std::nearbyint(xc * 1.44269504088896341f);
   float r = xc - n * 0.693359375f;
@@ -98,7 +120,7 @@ static inline float exp_neg(float x) {
 }
 
 // S[i, :nkp] = alpha * sum_c A_i[c] * BT[c, :nkp] for the nq rows A_i (pointers, d elements).
-static inline void logits_block(const float* const* A, int nq, int d, const float* BT, int nkp,
+TGF_KERNEL_INLINE void logits_block(const float* const* A, int nq, int d, const float* BT, int nkp,
                                 float alpha, float* S) {
   for (int i0 = 0; i0 < nq; i0 += QB) {
     const float* a[QB];
@@ -128,7 +150,7 @@ static inline void logits_block(const float* const* A, int nq, int d, const floa
 // (dp % DB == 0: either padded copies or original rows when d % DB == 0). R rows x CW lanes of
 // accumulators per block (8 independent FMA chains either way).
 template <int R, int CW>
-static inline void rows_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
+TGF_KERNEL_INLINE void rows_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
                                    int c0, int d, const float* rowscale, float* const* O) {
   for (int i0 = 0; i0 < nq; i0 += R) {
     const float* p[R];
@@ -152,17 +174,14 @@ static inline void rows_times_impl(const float* P, int nq, int nkp, int nk, cons
   }
 }
 
-static inline void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
+TGF_KERNEL_INLINE void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, int d, const float* rowscale, float* const* O) {
-  int c0 = 0;
-  for (; c0 + 2 * DB <= dp; c0 += 2 * DB)
-    rows_times_impl<4, 2 * DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
-  if (c0 < dp) rows_times_impl<8, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  for (int c0 = 0; c0 < dp; c0 += DB) rows_times_impl<QB, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
 }
 
 // Acc_j[:dp] += alpha * sum_i P[i, j] * X_i[:] for j < nk (Acc rows by pointer, padded to dp).
 template <int R, int CW>
-static inline void cols_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
+TGF_KERNEL_INLINE void cols_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
                                    int c0, float alpha, float* const* Acc) {
   for (int j0 = 0; j0 < nk; j0 += R) {
     const int nj = nk - j0 < R ? nk - j0 : R;
@@ -186,16 +205,14 @@ static inline void cols_times_impl(const float* P, int nq, int nkp, int nk, cons
   }
 }
 
-static inline void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
+TGF_KERNEL_INLINE void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, float alpha, float* const* Acc) {
-  int c0 = 0;
-  for (; c0 + 2 * DB <= dp; c0 += 2 * DB) cols_times_impl<4, 2 * DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
-  if (c0 < dp) cols_times_impl<8, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  for (int c0 = 0; c0 < dp; c0 += DB) cols_times_impl<QB, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
 }
 
 // Row pointers of src + idx[j] * sn for j < n, readable up to dp floats: the rows themselves
 // when d == dp, else copies zero-padded to dp in buf (n x dp).
-static inline void row_ptrs(const float* src, int64_t sn, const int* idx, int n, int d, int dp,
+TGF_KERNEL_INLINE void row_ptrs(const float* src, int64_t sn, const int* idx, int n, int d, int dp,
                             float* buf, const float** rows) {
   for (int j = 0; j < n; ++j) {
     const float* s = src + idx[j] * sn;
@@ -213,7 +230,7 @@ static inline void row_ptrs(const float* src, int64_t sn, const int* idx, int n,
 
 // Gathers the tile's candidate columns from a transposed slice XT (d x N) into dst (d x nkp),
 // run by run (contiguous copies), zero-padding columns to nkp.
-static inline void pack_cols_t(const float* XT, int N, const TileIndex& ti, int d, float* dst) {
+TGF_KERNEL_INLINE void pack_cols_t(const float* XT, int N, const TileIndex& ti, int d, float* dst) {
   for (int c = 0; c < d; ++c) {
     const float* src = XT + static_cast<size_t>(c) * N;
     float* o = dst + static_cast<size_t>(c) * ti.nkp;
@@ -239,7 +256,7 @@ inline void transpose_slices(const View& x, int B, int heads, int N, int d, floa
 
 // The tile's additive logit term for one head: bias[brow] where visible, -inf where masked
 // (bias == nullptr: 0 where visible). Built once per (tile, head) and shared by the batch.
-static inline void bias_tile(const TileIndex& ti, const float* bias, float* out) {
+TGF_KERNEL_INLINE void bias_tile(const TileIndex& ti, const float* bias, float* out) {
   const float ninf = -std::numeric_limits<float>::infinity();
   const size_t n = static_cast<size_t>(ti.nq) * ti.nkp;
   const int* br = ti.brow.data();
