@@ -134,6 +134,15 @@ void store_rows(const float* acc, int N, int d, int dp, float* out, int64_t sn) 
     std::copy(acc + static_cast<size_t>(n) * dp, acc + static_cast<size_t>(n) * dp + d, out + n * sn);
 }
 
+TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, ti))
+
+// Builds tile t into ti; false if it has no queries.
+bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
+  if (!ti.build_index(g, TQ, t)) return false;
+  fill_brow(g, ti);
+  return true;
+}
+
 }  // namespace
 
 void attn_bwd_f32(const AttnBwdArgs& a) {
@@ -178,7 +187,7 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
         std::fill(dk_acc.begin() + s0 * rows_nd, dk_acc.begin() + s1 * rows_nd, 0.f);
         std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
         for (int t = 0; t < ntiles; ++t) {
-          if (!s.ti.build(g, TQ, t)) continue;
+          if (!build_tile(g, TQ, t, s.ti)) continue;
           int group = -1;  // first slice of the current run of one head
           for (int sl = s0; sl < s1; ++sl) {
             const int hh = sl / a.B;
@@ -218,7 +227,7 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
         // dbias: one accumulator per thread for this slice (reduced below in thread order).
 #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; ++t) {
-          if (!s.ti.build(g, TQ, t)) continue;
+          if (!build_tile(g, TQ, t, s.ti)) continue;
           if (a.bias) bias_tile(s.ti, bias_of(hh), s.bias.data());
           bwd_tile(a, c, dp, s);
           if (a.dbias) flush_dbias(s, db_thr.data() + tid * nrows);

@@ -91,6 +91,15 @@ TGF_ISA_DISPATCH(fwd_tile, fwd_tile_body,
                  (const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, FwdScratch& s),
                  (a, KTs, b, hh, dp, s))
 
+TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, ti))
+
+// Builds tile t into ti; false if it has no queries.
+bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
+  if (!ti.build_index(g, TQ, t)) return false;
+  fill_brow(g, ti);
+  return true;
+}
+
 }  // namespace
 
 void attn_fwd_f32(const AttnFwdArgs& a) {
@@ -106,7 +115,7 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
     FwdScratch s(TQ, maxk, a.d, dp);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
-      if (!s.ti.build(g, TQ, t)) continue;
+      if (!build_tile(g, TQ, t, s.ti)) continue;
       for (int hh = 0; hh < a.heads; ++hh) {
         if (a.bias) bias_tile(s.ti, biash.data() + static_cast<size_t>(hh) * a.bias_rows, s.bias.data());
         for (int b = 0; b < a.B; ++b)

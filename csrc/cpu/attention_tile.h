@@ -18,7 +18,7 @@
 namespace tgf {
 namespace cpu_attn {
 
-constexpr int QB = 4;    // queries per register block
+constexpr int QB = 4;    // rows per register block (queries, or keys in dk/dv)
 constexpr int JB = 32;   // candidate keys per register block (logit micro-kernel)
 constexpr int DB = 16;   // head-dim lanes per register block (value micro-kernels)
 
@@ -60,20 +60,23 @@ inline int tile_size(const Geom& g) {
 struct TileIndex {
   int nq = 0, nk = 0, nkp = 0;
   std::vector<int> q, k, brow;
-  std::vector<KeyMeta> km;
+  std::vector<QueryMeta> qm;
+  std::vector<int> kcls, kay, kax, kby, kbx;  // key metadata, one array per field (vectorizes)
   // Candidate keys as runs of consecutive tokens: (first candidate slot, first token, length).
   struct Run { int j0, t0, len; };
   std::vector<Run> runs;
 
   void reserve(int TQ, int maxk) {
     q.resize(TQ);
+    qm.resize(TQ);
     k.resize(maxk);
-    km.resize(maxk);
+    for (std::vector<int>* f : {&kcls, &kay, &kax, &kby, &kbx}) f->resize(maxk);
     brow.resize(static_cast<size_t>(TQ) * round_up(maxk, JB));
   }
 
-  // Fills the tile; returns false if it has no queries (partial GRID windows).
-  bool build(const Geom& g, int TQ, int t) {
+  // Fills queries, candidates and their metadata; false if the tile has no queries (partial
+  // GRID windows). The pair table `brow` is filled by fill_brow_body.
+  bool build_index(const Geom& g, int TQ, int t) {
     nq = tile_queries(g, TQ, t, q.data());
     if (nq == 0) return false;
     nk = tile_keys(g, TQ, t, q.data(), nq, k.data());
@@ -83,19 +86,36 @@ struct TileIndex {
       if (j > 0 && k[j] == k[j - 1] + 1) runs.back().len++;
       else runs.push_back({j, k[j], 1});
     }
-    for (int j = 0; j < nk; ++j) km[j] = key_meta(g, k[j]);
-    for (int i = 0; i < nq; ++i) {
-      const QueryMeta qm = query_meta(g, q[i]);
-      int* br = brow.data() + static_cast<size_t>(i) * nkp;
-      for (int j = 0; j < nk; ++j) {
-        const KeyMeta& m = km[j];
-        br[j] = meta_visible(qm, m.cls, m.ay, m.ax) ? meta_bias_row(g, qm.by, qm.bx, m.by, m.bx) : -1;
-      }
-      for (int j = nk; j < nkp; ++j) br[j] = -1;
+    for (int j = 0; j < nk; ++j) {
+      const KeyMeta m = key_meta(g, k[j]);
+      kcls[j] = m.cls; kay[j] = m.ay; kax[j] = m.ax; kby[j] = m.by; kbx[j] = m.bx;
     }
+    for (int i = 0; i < nq; ++i) qm[i] = query_meta(g, q[i]);
     return true;
   }
 };
+
+// brow[i, j] = bias row of (query i, candidate j) if visible, else -1 (meta_visible and
+// meta_bias_row of attn_tiles.h, written over arrays so the compiler vectorizes it).
+TGF_KERNEL_INLINE void fill_brow_body(const Geom& g, TileIndex& ti) {
+  const int lo1 = -(g.B1 - 1), hi1 = g.B1 - 1, lo2 = -(g.B2 - 1), hi2 = g.B2 - 1, w2 = 2 * g.B2 - 1;
+  const int *kcls = ti.kcls.data(), *kay = ti.kay.data(), *kax = ti.kax.data();
+  const int *kby = ti.kby.data(), *kbx = ti.kbx.data();
+  for (int i = 0; i < ti.nq; ++i) {
+    const QueryMeta m = ti.qm[i];
+    int* br = ti.brow.data() + static_cast<size_t>(i) * ti.nkp;
+#pragma omp simd
+    for (int j = 0; j < ti.nk; ++j) {
+      const bool vis = kcls[j] == m.cls && kay[j] >= m.ylo && kay[j] <= m.yhi && kax[j] >= m.xlo &&
+                       kax[j] <= m.xhi;
+      int dy = m.by - kby[j], dx = m.bx - kbx[j];
+      dy = dy < lo1 ? lo1 : (dy > hi1 ? hi1 : dy);
+      dx = dx < lo2 ? lo2 : (dx > hi2 ? hi2 : dx);
+      br[j] = vis ? (dy + hi1) * w2 + (dx + hi2) : -1;
+    }
+    for (int j = ti.nk; j < ti.nkp; ++j) br[j] = -1;
+  }
+}
 
 // exp(x) for x <= 0 (softmax arguments), vectorizable; exact 0 below -87.3, NaN stays NaN.
 // Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n from the exponent bits.
