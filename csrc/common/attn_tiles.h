@@ -48,6 +48,27 @@ TGF_HD int grid_token(const Geom& g, int wy, int wx, int cols, int l) {
   return ((ry + g.p2) % g.H) * g.W + (rx + g.p3) % g.W;
 }
 
+// Visiting order of tiles: GRID tiles go chunk-major (the same chunk of every window in a row),
+// so consecutive tiles of regular windows share their mask/bias table (grid_regular_chunk).
+TGF_HD int tile_visit(const Geom& g, int TQ, int u) {
+  if (g.kind != GRID) return u;
+  const int chunks = cdiv(g.p0 * g.p1, TQ), nwin = cdiv(g.H, g.p0) * cdiv(g.W, g.p1);
+  return (u % nwin) * chunks + u / nwin;
+}
+
+// For a GRID tile whose window is full and lies in one shift region, the in-window chunk index
+// (its per-pair mask and bias rows depend on nothing else); -1 for every other tile.
+TGF_HD int grid_regular_chunk(const Geom& g, int TQ, int t) {
+  if (g.kind != GRID) return -1;
+  const int chunks = cdiv(g.p0 * g.p1, TQ), nwx = cdiv(g.W, g.p1);
+  const int win = t / chunks, wy = win / nwx, wx = win % nwx;
+  if (grid_win_rows(g, wy) != g.p0 || grid_win_cols(g, wx) != g.p1) return -1;
+  const int by = g.H - g.p2, bx = g.W - g.p3;  // first wrapped rolled row / column
+  if (wy * g.p0 < by && by < (wy + 1) * g.p0) return -1;
+  if (wx * g.p1 < bx && bx < (wx + 1) * g.p1) return -1;
+  return t % chunks;
+}
+
 // Writes the tile's query tokens into q (at most TQ) and returns how many.
 TGF_HD int tile_queries(const Geom& g, int TQ, int t, int* q) {
   int n = 0;

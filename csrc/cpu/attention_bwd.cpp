@@ -20,10 +20,13 @@ namespace {
 
 struct BwdScratch {
   TileIndex ti;
-  std::vector<float> KT, VT, K, Q, dO, S, dP, D, bias, dS_sum;
+  std::vector<float> KT, VT, K, Q, dO, S, dP, D, dS_sum;
+  BiasTiles bias;
+  const float* bt = nullptr;  // this (tile, head)'s bias/mask term, when there is a bias
   std::vector<const float*> qrows, dorows, krows;
   std::vector<float*> dqrows, dkrows, dvrows;
-  BwdScratch(int TQ, int maxk, int d, int dp) {
+  BwdScratch(int TQ, int maxk, int d, int dp, int heads) {
+    bias.reserve(heads, TQ, maxk);
     ti.reserve(TQ, maxk);
     const int nkp = round_up(maxk, JB);
     KT.resize(static_cast<size_t>(d) * nkp);
@@ -33,7 +36,6 @@ struct BwdScratch {
     dO.resize(static_cast<size_t>(TQ) * dp);
     S.resize(static_cast<size_t>(TQ) * nkp);
     dP.resize(static_cast<size_t>(TQ) * nkp);
-    bias.resize(static_cast<size_t>(TQ) * nkp);
     dS_sum.resize(static_cast<size_t>(TQ) * nkp);
     D.resize(TQ);
     qrows.resize(TQ);
@@ -104,7 +106,7 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs& a, const SliceCtx& c, in
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
     float* dprow = s.dP.data() + static_cast<size_t>(i) * nkp;
-    const float* bt = a.bias ? s.bias.data() + static_cast<size_t>(i) * nkp : nullptr;
+    const float* bt = a.bias ? s.bt + static_cast<size_t>(i) * nkp : nullptr;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
     const float m = lse[ti.q[i]], Di = s.D[i];
 #pragma omp simd
@@ -138,9 +140,7 @@ TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, 
 
 // Builds tile t into ti; false if it has no queries.
 bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
-  if (!ti.build_index(g, TQ, t)) return false;
-  fill_brow(g, ti);
-  return true;
+  return build_tile_cached(g, TQ, t, ti, fill_brow);
 }
 
 }  // namespace
@@ -167,9 +167,6 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
     const size_t off = (static_cast<size_t>(b) * heads + hh) * sl_nd;
     return SliceCtx{b, hh, KT.data() + off, VT.data() + off, dk, dv, a.dbias != nullptr};
   };
-  auto bias_of = [&](int hh) {
-    return a.bias ? biash.data() + static_cast<size_t>(hh) * a.bias_rows : nullptr;
-  };
 
   if (slices >= threads) {
     // Each slice is owned by one thread (dk/dv written once, no reduction). Slices are handed
@@ -180,20 +177,20 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
     std::vector<float> dk_acc(slices * rows_nd), dv_acc(slices * rows_nd);
 #pragma omp parallel num_threads(threads)
     {
-      BwdScratch s(TQ, maxk, d, dp);
+      BwdScratch s(TQ, maxk, d, dp, heads);
 #pragma omp for schedule(dynamic, 1)
       for (int blk = 0; blk < nblocks; ++blk) {
         const int s0 = blk * per, s1 = std::min(slices, s0 + per);
         std::fill(dk_acc.begin() + s0 * rows_nd, dk_acc.begin() + s1 * rows_nd, 0.f);
         std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
-        for (int t = 0; t < ntiles; ++t) {
-          if (!build_tile(g, TQ, t, s.ti)) continue;
+        for (int u = 0; u < ntiles; ++u) {
+          if (!build_tile(g, TQ, tile_visit(g, TQ, u), s.ti)) continue;
           int group = -1;  // first slice of the current run of one head
           for (int sl = s0; sl < s1; ++sl) {
             const int hh = sl / a.B;
             if (group < 0 || hh != group / a.B) {
               if (group >= 0 && a.dbias) flush_dbias(s, db_acc.data() + group * nrows);
-              if (a.bias) bias_tile(s.ti, bias_of(hh), s.bias.data());
+              if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
               group = sl;
             }
             bwd_tile(a, ctx(sl, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
@@ -217,7 +214,7 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
 #pragma omp parallel num_threads(threads)
       {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        BwdScratch s(TQ, maxk, d, dp);
+        BwdScratch s(TQ, maxk, d, dp, heads);
         float* dk = dk_acc.data() + tid * rows_nd;
         float* dv = dv_acc.data() + tid * rows_nd;
         std::fill(dk, dk + rows_nd, 0.f);
@@ -226,9 +223,9 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
         std::fill(s.dS_sum.begin(), s.dS_sum.end(), 0.f);
         // dbias: one accumulator per thread for this slice (reduced below in thread order).
 #pragma omp for schedule(static)
-        for (int t = 0; t < ntiles; ++t) {
-          if (!build_tile(g, TQ, t, s.ti)) continue;
-          if (a.bias) bias_tile(s.ti, bias_of(hh), s.bias.data());
+        for (int u = 0; u < ntiles; ++u) {
+          if (!build_tile(g, TQ, tile_visit(g, TQ, u), s.ti)) continue;
+          if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
           bwd_tile(a, c, dp, s);
           if (a.dbias) flush_dbias(s, db_thr.data() + tid * nrows);
         }

@@ -17,16 +17,18 @@ namespace {
 
 struct FwdScratch {
   TileIndex ti;
-  std::vector<float> KT, V, S, inv, bias;
+  std::vector<float> KT, V, S, inv;
+  BiasTiles bias;
+  const float* bt = nullptr;  // this (tile, head)'s bias/mask term, when there is a bias
   std::vector<const float*> qrows, vrows;
   std::vector<float*> orows;
-  FwdScratch(int TQ, int maxk, int d, int dp) {
+  FwdScratch(int TQ, int maxk, int d, int dp, int heads) {
+    bias.reserve(heads, TQ, maxk);
     ti.reserve(TQ, maxk);
     const int nkp = round_up(maxk, JB);
     KT.resize(static_cast<size_t>(d) * nkp);
     V.resize(static_cast<size_t>(maxk) * dp);
     S.resize(static_cast<size_t>(TQ) * nkp);
-    bias.resize(static_cast<size_t>(TQ) * nkp);
     inv.resize(TQ);
     qrows.resize(TQ);
     vrows.resize(maxk);
@@ -59,7 +61,7 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs& a, const float* KTs, int
     // The select keeps a NaN logit of a masked key out of this row.
     float m = ninf;
     if (a.bias) {
-      const float* bt = s.bias.data() + static_cast<size_t>(i) * nkp;
+      const float* bt = s.bt + static_cast<size_t>(i) * nkp;
 #pragma omp simd reduction(max : m)
       for (int j = 0; j < nkp; ++j) {
         const float x = br[j] >= 0 ? srow[j] + bt[j] : ninf;
@@ -95,9 +97,7 @@ TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, 
 
 // Builds tile t into ti; false if it has no queries.
 bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
-  if (!ti.build_index(g, TQ, t)) return false;
-  fill_brow(g, ti);
-  return true;
+  return build_tile_cached(g, TQ, t, ti, fill_brow);
 }
 
 }  // namespace
@@ -112,12 +112,12 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
   transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.data(), a.threads);
 #pragma omp parallel num_threads(a.threads)
   {
-    FwdScratch s(TQ, maxk, a.d, dp);
+    FwdScratch s(TQ, maxk, a.d, dp, a.heads);
 #pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < ntiles; ++t) {
-      if (!build_tile(g, TQ, t, s.ti)) continue;
+    for (int u = 0; u < ntiles; ++u) {
+      if (!build_tile(g, TQ, tile_visit(g, TQ, u), s.ti)) continue;
       for (int hh = 0; hh < a.heads; ++hh) {
-        if (a.bias) bias_tile(s.ti, biash.data() + static_cast<size_t>(hh) * a.bias_rows, s.bias.data());
+        if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
         for (int b = 0; b < a.B; ++b)
           fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp, s);
       }

@@ -59,6 +59,8 @@ inline int tile_size(const Geom& g) {
 // Index part of one tile: queries, candidate keys, and the per-pair bias row (-1 where masked).
 struct TileIndex {
   int nq = 0, nk = 0, nkp = 0;
+  int brow_key = -1;  // grid_regular_chunk of the tile that `brow` was filled for
+  long brow_gen = 0;  // incremented whenever `brow` is refilled (per-head caches check it)
   std::vector<int> q, k, brow;
   std::vector<QueryMeta> qm;
   std::vector<int> kcls, kay, kax, kby, kbx;  // key metadata, one array per field (vectorizes)
@@ -286,6 +288,41 @@ TGF_KERNEL_INLINE void bias_tile(const TileIndex& ti, const float* bias, float* 
     for (size_t e = 0; e < n; ++e) out[e] = br[e] >= 0 ? 0.f : ninf;
   }
 }
+
+// Builds tile t into ti, reusing the pair table when the previous tile was the same chunk of
+// another regular GRID window; false if the tile has no queries.
+template <typename FillFn>
+inline bool build_tile_cached(const Geom& g, int TQ, int t, TileIndex& ti, FillFn fill) {
+  if (!ti.build_index(g, TQ, t)) return false;
+  const int key = grid_regular_chunk(g, TQ, t);
+  if (!(key >= 0 && key == ti.brow_key)) {
+    fill(g, ti);
+    ++ti.brow_gen;
+  }
+  ti.brow_key = key;
+  return true;
+}
+
+// The per-head bias/mask tiles of the current pair table, built lazily and kept until the
+// table changes.
+struct BiasTiles {
+  std::vector<float> data;
+  std::vector<long> gen;  // brow_gen each head's tile was built for (-1: never)
+  size_t stride = 0;
+  void reserve(int heads, int TQ, int maxk) {
+    stride = static_cast<size_t>(TQ) * round_up(maxk, JB);
+    data.resize(heads * stride);
+    gen.assign(heads, -1);
+  }
+  const float* get(const TileIndex& ti, const float* biash, int rows, int hh) {
+    float* out = data.data() + hh * stride;
+    if (gen[hh] != ti.brow_gen) {
+      bias_tile(ti, biash + static_cast<size_t>(hh) * rows, out);
+      gen[hh] = ti.brow_gen;
+    }
+    return out;
+  }
+};
 
 // Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
 inline std::vector<float> bias_by_head(const float* bias, int rows, int heads) {
