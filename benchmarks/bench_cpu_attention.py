@@ -5,7 +5,7 @@ Each case has a forward group and a forward+backward group; every implementation
 against the float64 reference on the benchmark's own inputs before it is timed, and records
 useful GFLOP/s (attended pairs only; forward+backward counts 3.5x the forward's
 4*B*heads*pairs*d, the usual flash-attention convention). A memory group runs local and grid attention on a 128x128
-map in subprocesses and records their peak extra RSS (O(N) for `cpu`, an N x N buffer for the
+map in subprocesses and records their peak extra RSS (Linux VmHWM after a reset) (O(N) for `cpu`, an N x N buffer for the
 dense reference). Run: `pytest benchmarks/bench_cpu_attention.py --benchmark-only`.
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _rounds(impl, geom):
 # Memory: peak extra RSS of one forward+backward at 128x128 tokens, in a fresh process.
 
 _MEM_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
     sys.path.insert(0, sys.argv[1])
     from transgan_fast.ops.attention import attention
     from transgan_fast.ops.geometry import grid_geometry, local_geometry
@@ -135,12 +135,18 @@ _MEM_SCRIPT = textwrap.dedent("""
     small = grid_geometry((4, 4), (2, 2))   # warm every code path before the baseline
     t = torch.randn(1, 1, 16, 16, requires_grad=True)
     attention(t, t, t, small, backend=backend).sum().backward()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def status(key):  # kB
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1])
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    base = status("VmRSS:")
     out = attention(q, k, v, geom, rb, backend=backend)
     out.sum().backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status("VmHWM:")
     print(json.dumps({"extra_peak_mib": (peak - base) / 1024,
-                      "io_mib": 7 * q.numel() * 4 / 2 ** 20}))
+                      "qkv_mib": 3 * q.numel() * 4 / 2 ** 20}))
 """)
 
 
