@@ -1,10 +1,11 @@
 // Building blocks of the fused CPU attention kernels (attention_fwd.cpp, attention_bwd.cpp).
 //
 // One tile = up to TQ queries and the candidate keys their geometry can reach (common/attn_tiles.h).
-// Per tile the kernels gather keys/values into small transposed or padded buffers, compute the
-// tile's logits densely against the candidates with register-blocked loops the compiler turns
-// into AVX2/AVX-512 code (the callers are compiled once per ISA with target_clones), and apply the
-// exact per-pair mask and relative bias from a precomputed table of bias rows (-1 = masked).
+// Per tile the kernels gather keys (from a once-per-call transposed copy) into a small buffer,
+// compute the tile's logits densely against the candidates with register-blocked loops the
+// compiler turns into AVX2/AVX-512 code (TGF_ISA_DISPATCH compiles each tile function once per
+// ISA and picks one at run time), and apply the exact per-pair mask and relative bias from a
+// table of bias rows (-1 = masked) that GRID tiles of regular windows share.
 // No -ffast-math: exp is a polynomial written here so it vectorizes while keeping NaN.
 #pragma once
 #include <cmath>
@@ -198,7 +199,11 @@ TGF_KERNEL_INLINE void rows_times_impl(const float* P, int nq, int nkp, int nk, 
 
 TGF_KERNEL_INLINE void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, int d, const float* rowscale, float* const* O) {
-  for (int c0 = 0; c0 < dp; c0 += DB) rows_times_impl<QB, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  if (dp % (2 * DB) == 0) {  // 8 accumulator registers: enough independent FMA chains
+    for (int c0 = 0; c0 < dp; c0 += 2 * DB) rows_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  } else {
+    for (int c0 = 0; c0 < dp; c0 += DB) rows_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  }
 }
 
 // Acc_j[:dp] += alpha * sum_i P[i, j] * X_i[:] for j < nk (Acc rows by pointer, padded to dp).
@@ -229,7 +234,11 @@ TGF_KERNEL_INLINE void cols_times_impl(const float* P, int nq, int nkp, int nk, 
 
 TGF_KERNEL_INLINE void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, float alpha, float* const* Acc) {
-  for (int c0 = 0; c0 < dp; c0 += DB) cols_times_impl<QB, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  if (dp % (2 * DB) == 0) {
+    for (int c0 = 0; c0 < dp; c0 += 2 * DB) cols_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  } else {
+    for (int c0 = 0; c0 < dp; c0 += DB) cols_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  }
 }
 
 // Row pointers of src + idx[j] * sn for j < n, readable up to dp floats: the rows themselves
