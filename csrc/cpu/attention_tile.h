@@ -333,6 +333,13 @@ struct BiasTiles {
   }
 };
 
+// Backward tile size: a GRID tile covers a whole (small) window, so every key's dk/dv rows are
+// accumulated by one tile while they are in cache instead of being revisited by each chunk.
+inline int tile_size_bwd(const Geom& g) {
+  if (g.kind == GRID && g.p0 * g.p1 <= 256) return g.p0 * g.p1;
+  return tile_size(g);
+}
+
 // Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
 inline std::vector<float> bias_by_head(const float* bias, int rows, int heads) {
   std::vector<float> t(bias ? static_cast<size_t>(rows) * heads : 0);
