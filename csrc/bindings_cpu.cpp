@@ -11,6 +11,15 @@ namespace py = pybind11;
 template <typename T>
 static T* P(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
+// A view as [data_ptr, stride(0), stride(1), stride(2)] (element strides of (B, h, N, d)).
+static tgf::View V(const std::vector<int64_t>& t) {
+  return tgf::View{reinterpret_cast<float*>(static_cast<uintptr_t>(t[0])), t[1], t[2], t[3]};
+}
+
+static tgf::Geom G(const std::vector<int>& g) {
+  return tgf::Geom{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+}
+
 PYBIND11_MODULE(_C_cpu, m) {
   m.doc() = "transgan_fast CPU kernels (OpenMP); no libtorch dependency";
 
@@ -26,6 +35,52 @@ PYBIND11_MODULE(_C_cpu, m) {
            int64_t sxn, int threads) {
           py::gil_scoped_release nogil;
           tgf::pixel_unshuffle_seq_f32(P<const float>(x), P<float>(out), B, H, W, C, sxb, sxn, threads);
+        });
+
+  m.def("attn_fwd_f32",
+        [](std::vector<int64_t> q, std::vector<int64_t> k, std::vector<int64_t> v,
+           std::vector<int64_t> out, uintptr_t lse, uintptr_t bias, int bias_rows, int B, int heads,
+           int N, int d, std::vector<int> geom, float scale, int threads) {
+          tgf::AttnFwdArgs a{V(q), V(k), V(v), V(out), P<float>(lse), P<const float>(bias),
+                             bias_rows, B, heads, N, d, G(geom), scale, threads};
+          py::gil_scoped_release nogil;
+          tgf::attn_fwd_f32(a);
+        });
+  m.def("attn_bwd_f32",
+        [](std::vector<int64_t> q, std::vector<int64_t> k, std::vector<int64_t> v,
+           std::vector<int64_t> out, std::vector<int64_t> dout, std::vector<int64_t> dq,
+           std::vector<int64_t> dk, std::vector<int64_t> dv, uintptr_t lse, uintptr_t bias,
+           uintptr_t dbias, int bias_rows, int B, int heads, int N, int d, std::vector<int> geom,
+           float scale, int threads) {
+          tgf::AttnBwdArgs a{V(q), V(k), V(v), V(out), V(dout), V(dq), V(dk), V(dv),
+                             P<const float>(lse), P<const float>(bias), P<float>(dbias),
+                             bias_rows, B, heads, N, d, G(geom), scale, threads};
+          py::gil_scoped_release nogil;
+          tgf::attn_bwd_f32(a);
+        });
+
+  // Resampling on contiguous (B, N, C) maps; H, W follow the `_library` convention of each op.
+  auto map_op = [&m](const char* name, void (*fn)(const float*, float*, int64_t, int64_t, int64_t,
+                                                   int64_t, int)) {
+    m.def(name, [fn](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C,
+                     int threads) {
+      py::gil_scoped_release nogil;
+      fn(P<const float>(x), P<float>(out), B, H, W, C, threads);
+    });
+  };
+  map_op("bicubic_upsample_seq_f32", tgf::bicubic_upsample_seq_f32);
+  map_op("bicubic_upsample_seq_adjoint_f32", tgf::bicubic_upsample_seq_adjoint_f32);
+  map_op("avg_pool_seq_f32", tgf::avg_pool_seq_f32);
+  map_op("avg_pool_seq_adjoint_f32", tgf::avg_pool_seq_adjoint_f32);
+  m.def("pixel_norm_f32", [](uintptr_t x, uintptr_t out, int64_t T, int64_t C, int threads) {
+    py::gil_scoped_release nogil;
+    tgf::pixel_norm_f32(P<const float>(x), P<float>(out), T, C, threads);
+  });
+  m.def("pixel_norm_backward_f32",
+        [](uintptr_t x, uintptr_t g, uintptr_t out, int64_t T, int64_t C, int threads) {
+          py::gil_scoped_release nogil;
+          tgf::pixel_norm_backward_f32(P<const float>(x), P<const float>(g), P<float>(out), T, C,
+                                       threads);
         });
 
   // Index math exposed for tests (the same header the CUDA kernels compile): for every

@@ -34,3 +34,58 @@ if _C is not None:
         B, N, C = x.shape  # x is the high-res (2H x 2W) map with C channels
         _C.pixel_unshuffle_seq_f32(_ptr(x), _ptr(out), B, H, W, 4 * C,
                                    x.stride(0), x.stride(1), torch.get_num_threads())
+
+    def _view(t):
+        """[data_ptr, stride(0), stride(1), stride(2)] of a (B, h, N, d) view with stride(-1) == 1."""
+        if t.stride(-1) != 1:
+            raise ValueError(f"cpu attention: innermost dim must be contiguous; got strides {t.stride()}")
+        return [t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)]
+
+    def _check_f32(name, *ts):
+        for t in ts:
+            if t is not None and t.dtype != torch.float32:
+                raise TypeError(f"cpu {name}: expects float32 tensors; got {t.dtype}")
+
+    @register_kernel("cpu", "attn_fwd")
+    def attn_fwd(q, k, v, bias, geom, scale, out, lse):
+        _check_f32("attn_fwd", q, k, v, bias, out, lse)
+        B, h, N, d = q.shape
+        _C.attn_fwd_f32(_view(q), _view(k), _view(v), _view(out), lse.data_ptr(), _ptr(bias),
+                        0 if bias is None else bias.shape[0], B, h, N, d, geom.as_list(),
+                        float(scale), torch.get_num_threads())
+
+    @register_kernel("cpu", "attn_bwd")
+    def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
+        _check_f32("attn_bwd", q, k, v, bias, out, lse, dout, dq, dk, dv, dbias)
+        B, h, N, d = q.shape
+        _C.attn_bwd_f32(_view(q), _view(k), _view(v), _view(out), _view(dout), _view(dq),
+                        _view(dk), _view(dv), lse.data_ptr(), _ptr(bias), _ptr(dbias),
+                        0 if bias is None else bias.shape[0], B, h, N, d, geom.as_list(),
+                        float(scale), torch.get_num_threads())
+
+    def _map_kernel(op, fn):
+        """Register a resampling kernel `(x, H, W, out)` over contiguous (B, N, C) maps."""
+        @register_kernel("cpu", op)
+        def kernel(x, H, W, out):
+            _check_f32(op, x, out)
+            _C_fn = getattr(_C, fn)
+            _C_fn(x.data_ptr(), out.data_ptr(), x.shape[0], H, W, x.shape[2], torch.get_num_threads())
+        return kernel
+
+    for _op in ("bicubic_upsample_seq", "bicubic_upsample_seq_adjoint", "avg_pool_seq",
+                "avg_pool_seq_adjoint"):
+        _map_kernel(_op, _op + "_f32")
+
+    @register_kernel("cpu", "pixel_norm")
+    def pixel_norm(x, out):
+        _check_f32("pixel_norm", x, out)
+        C = x.shape[-1]
+        _C.pixel_norm_f32(x.data_ptr(), out.data_ptr(), x.numel() // max(C, 1), C,
+                          torch.get_num_threads())
+
+    @register_kernel("cpu", "pixel_norm_backward")
+    def pixel_norm_backward(x, g, out):
+        _check_f32("pixel_norm_backward", x, g, out)
+        C = x.shape[-1]
+        _C.pixel_norm_backward_f32(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel() // max(C, 1),
+                                   C, torch.get_num_threads())

@@ -1,0 +1,116 @@
+"""Helpers for the CPU attention benchmarks: the peers (SDPA with a mask or dense bias,
+compiled FlexAttention with a cached block mask, NATTEN), parity checks and recording.
+
+Kept beside the lead's `conftest.py` helpers rather than inside them, so the benchmarks of this
+file run on their own; `record` stores the same extra_info keys (`gflops`, `threads`, ...).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Optional
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transgan_fast.ops import _dispatch
+from transgan_fast.ops.geometry import AttnGeometry, bias_index, visibility
+
+THREADS = int(os.environ.get("TGF_BENCH_THREADS", "2"))
+
+
+def cpu_unavailable() -> Optional[str]:
+    _dispatch._load_backend_modules()
+    return _dispatch._why_not("cpu", "attention", torch.device("cpu"), torch.float32)
+
+
+def check_parity(out: torch.Tensor, ref: torch.Tensor, tol: float = 1e-5, what: str = "output"):
+    """spec §4 tolerance (1e-5 forward, 1e-4 gradients) times max(1, max|ref|)."""
+    scale = max(1.0, ref.abs().max().item())
+    err = (out.double() - ref.double()).abs().max().item()
+    assert err == err and err <= tol * scale, f"{what}: parity error {err:.3e} > {tol * scale:.3e}"
+
+
+def record(benchmark, group: str, fn: Callable[[], object], flops: Optional[float] = None,
+           rounds: int = 5, **info) -> None:
+    """Time `fn` in `group` with THREADS threads; store useful GFLOP/s and extra info."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        benchmark.group = group
+        benchmark.extra_info.update(info)
+        benchmark.extra_info["threads"] = THREADS
+        fn()  # warm-up (compilation, allocator)
+        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    finally:
+        torch.set_num_threads(before)
+    if flops is not None:
+        benchmark.extra_info["gflops"] = round(flops / benchmark.stats.stats.mean / 1e9, 2)
+
+
+def useful_flops(geom: AttnGeometry, B: int, heads: int, d: int) -> float:
+    """4 * B * heads * d * (attended (query, key) pairs): spec §7's count, forward only."""
+    return 4.0 * B * heads * d * visibility(geom).sum().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers.
+
+def dense_bias(geom: AttnGeometry, rel_bias: Optional[torch.Tensor], heads: int) -> torch.Tensor:
+    """(heads, N, N) float additive mask: gathered rel_bias (or 0) where visible, -inf elsewhere."""
+    vis = visibility(geom)
+    base = (rel_bias[bias_index(geom)].permute(2, 0, 1) if rel_bias is not None   # (h, N, N)
+            else torch.zeros(heads, geom.N, geom.N))
+    return base.masked_fill(~vis, float("-inf")).contiguous()
+
+
+def sdpa_peer(geom: AttnGeometry, rel_bias: Optional[torch.Tensor], heads: int):
+    """SDPA with a boolean mask (no bias) or the dense (h, N, N) bias tensor."""
+    mask = visibility(geom) if rel_bias is None else dense_bias(geom, rel_bias, heads)
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def flex_unavailable() -> Optional[str]:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except ImportError as exc:
+        return f"FlexAttention not importable: {exc}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_peer(geom: AttnGeometry, rel_bias: Optional[torch.Tensor], heads: int):
+    """Compiled FlexAttention with a block mask built once from the geometry (cached) and the
+    relative bias applied through score_mod from a dense (N, N) index."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    vis = visibility(geom)
+    block_mask = create_block_mask(lambda b, h, qi, kj: vis[qi, kj], None, None, geom.N, geom.N,
+                                   device="cpu")
+    flex = _compiled_flex()
+    if rel_bias is None:
+        return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
+    idx = bias_index(geom)
+
+    def score_mod(score, b, h, qi, kj):
+        return score + rel_bias[idx[qi, kj], h]
+
+    return lambda q, k, v: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+def natten_unavailable() -> Optional[str]:
+    try:
+        import natten  # noqa: F401
+    except ImportError as exc:
+        return f"NATTEN not installed ({exc})"
+    return None
+
+
+def skip_if(reason: Optional[str]) -> None:
+    if reason:
+        pytest.skip(reason)

@@ -1,0 +1,169 @@
+"""CPU attention, spec §7 cases side by side: the fused `cpu` backend, the `ref` backend, SDPA
+with a boolean mask / dense bias, compiled FlexAttention with a cached block mask, NATTEN.
+
+Each case has a forward group and a forward+backward group; every implementation is checked
+against the float64 reference on the benchmark's own inputs before it is timed, and records
+useful GFLOP/s (attended pairs only; forward+backward counts 3.5x the forward's
+4*B*heads*pairs*d, the usual flash-attention convention). A memory group runs local and grid attention on a 128x128
+map in subprocesses and records their peak extra RSS (Linux VmHWM after a reset) (O(N) for `cpu`, an N x N buffer for the
+dense reference). Run: `pytest benchmarks/bench_cpu_attention.py --benchmark-only`.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from transgan_fast.ops.attention import attention, attention_ref
+from transgan_fast.ops.geometry import grid_geometry, local_geometry
+
+from _common_cpu import (check_parity, cpu_unavailable, flex_peer, flex_unavailable,
+                         natten_unavailable, record, sdpa_peer, skip_if, useful_flops)
+
+# (name, geometry, B, heads, d, with rel_bias, peers besides cpu/ref)
+CASES = [
+    ("local7x7-32x32-d32", local_geometry((32, 32), "window2d", (7, 7), "clip"), 2, 4, 32, False,
+     ("sdpa", "flex", "natten")),
+    ("local7x7-64x64-d32", local_geometry((64, 64), "window2d", (7, 7), "clip"), 1, 4, 32, False,
+     ("sdpa", "flex", "natten")),
+    ("grid16-64x64-d16-bias", grid_geometry((64, 64), (16, 16)), 2, 4, 16, True, ()),
+    ("grid16-64x64-d64-bias", grid_geometry((64, 64), (16, 16)), 1, 4, 64, True, ()),
+    ("grid16-128x128-d16-bias", grid_geometry((128, 128), (16, 16)), 1, 2, 16, True, ()),
+    ("grid16-128x128-d64-bias", grid_geometry((128, 128), (16, 16)), 1, 2, 64, True, ()),
+    ("global-32x32-d16-bias", grid_geometry((32, 32), (32, 32)), 4, 4, 16, True, ("sdpa", "flex")),
+]
+IMPLS = ("cpu", "ref", "sdpa", "flex", "natten")
+_ref_cache = {}
+
+
+def _params():
+    for c in CASES:
+        for impl in IMPLS:
+            if impl in ("cpu", "ref") or impl in c[6]:
+                yield pytest.param(c, impl, id=f"{c[0]}-{impl}")
+
+
+def _inputs(case):
+    """Seeded inputs of a case, its float64 reference output and gradients (cached)."""
+    name, geom, B, h, d, bias, _ = case
+    if name not in _ref_cache:
+        g = torch.Generator().manual_seed(0)
+        q, k, v, do = (torch.randn(B, h, geom.N, d, generator=g) for _ in range(4))
+        rb = torch.randn(geom.bias_rows, h, generator=g) if bias else None
+        leaves = [t.double().requires_grad_() for t in (q, k, v)]
+        rb64 = rb.double().requires_grad_() if bias else None
+        out = attention_ref(*leaves, geom, rb64)
+        grads = torch.autograd.grad(out, leaves + ([rb64] if bias else []), do.double())
+        _ref_cache[name] = ((q, k, v, rb, do), out.detach(), grads)
+    return _ref_cache[name]
+
+
+def _impl(case, impl):
+    """The implementation as fn(q, k, v) -> out, or a skip."""
+    name, geom, B, h, d, bias, _ = case
+    (q, k, v, rb, do), _, _ = _inputs(case)
+    if impl in ("cpu", "ref"):
+        skip_if(cpu_unavailable() if impl == "cpu" else None)
+        return lambda q_, k_, v_: attention(q_, k_, v_, geom, rb, backend=impl)
+    if impl == "sdpa":
+        return sdpa_peer(geom, rb, h)
+    if impl == "flex":
+        skip_if(flex_unavailable())
+        return flex_peer(geom, rb, h)
+    skip_if(natten_unavailable())
+    pytest.skip("NATTEN is importable, but its na2d computes border='shift' neighbourhoods, not "
+                "this case's border='clip' windows; no like-for-like call is wired here")
+
+
+@pytest.mark.parametrize("case,impl", list(_params()))
+def test_forward(benchmark, case, impl):
+    name, geom, B, h, d, bias, _ = case
+    fn = _impl(case, impl)
+    (q, k, v, rb, do), ref, _ = _inputs(case)
+    with torch.no_grad():
+        check_parity(fn(q, k, v), ref)
+        record(benchmark, f"fwd-{name}", lambda: fn(q, k, v),
+               flops=useful_flops(geom, B, h, d), rounds=_rounds(impl, geom), impl=impl)
+
+
+@pytest.mark.parametrize("case,impl", list(_params()))
+def test_forward_backward(benchmark, case, impl):
+    name, geom, B, h, d, bias, _ = case
+    fn = _impl(case, impl)
+    (q, k, v, rb, do), ref, ref_grads = _inputs(case)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def step():
+        out = fn(*leaves)
+        return torch.autograd.grad(out, leaves, do)
+
+    try:
+        grads = step()
+    except Exception as exc:  # FlexAttention's CPU backward may be missing: report, do not fail
+        if impl != "flex":
+            raise
+        pytest.skip(f"flex backward on CPU failed: {type(exc).__name__}: {str(exc)[:200]}")
+    for what, a, b in zip("qkv", grads, ref_grads):
+        check_parity(a, b, tol=1e-4, what=f"d{what}")
+    record(benchmark, f"fwdbwd-{name}", step, flops=3.5 * useful_flops(geom, B, h, d),
+           rounds=_rounds(impl, geom), impl=impl)
+
+
+def _rounds(impl, geom):
+    # The dense peers are slow on the larger maps; a couple of rounds keep the suite short.
+    return 5 if impl == "cpu" or geom.N <= 1024 else 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: peak extra RSS of one forward+backward at 128x128 tokens, in a fresh process.
+
+_MEM_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    sys.path.insert(0, sys.argv[1])
+    from transgan_fast.ops.attention import attention
+    from transgan_fast.ops.geometry import grid_geometry, local_geometry
+    kind, backend = sys.argv[2], sys.argv[3]
+    torch.set_num_threads(2)
+    geom = (local_geometry((128, 128), "window2d", (7, 7), "clip") if kind == "local"
+            else grid_geometry((128, 128), (16, 16)))
+    rb = torch.randn(geom.bias_rows, 1) if kind == "grid" else None
+    q, k, v = (torch.randn(1, 1, geom.N, 16, requires_grad=True) for _ in range(3))
+    small = grid_geometry((4, 4), (2, 2))   # warm every code path before the baseline
+    t = torch.randn(1, 1, 16, 16, requires_grad=True)
+    attention(t, t, t, small, backend=backend).sum().backward()
+    def status(key):  # kB
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1])
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    base = status("VmRSS:")
+    out = attention(q, k, v, geom, rb, backend=backend)
+    out.sum().backward()
+    peak = status("VmHWM:")
+    print(json.dumps({"extra_peak_mib": (peak - base) / 1024,
+                      "qkv_mib": 3 * q.numel() * 4 / 2 ** 20}))
+""")
+
+
+@pytest.mark.parametrize("kind", ["local", "grid"])
+@pytest.mark.parametrize("backend", ["cpu", "ref"])
+def test_memory_128x128(benchmark, kind, backend):
+    skip_if(cpu_unavailable() if backend == "cpu" else None)
+    root = str(Path(__file__).resolve().parents[1])
+    res = {}
+
+    def run():
+        p = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, root, kind, backend],
+                           capture_output=True, text=True, check=True)
+        res.update(json.loads(p.stdout.strip().splitlines()[-1]))
+
+    benchmark.group = f"memory-{kind}-128x128"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    n = 128 * 128
+    benchmark.extra_info.update(res, impl=backend, nxn_float32_mib=n * n * 4 / 2 ** 20)

@@ -1,0 +1,128 @@
+// Fused masked attention forward on the CPU (float32): every geometry kind, relative bias
+// gathered in-kernel, log-sum-exp saved for the backward.
+//
+// Work is split into query tiles (common/attn_tiles.h); all candidate keys of a tile are held at
+// once, so each query row gets an exact (not online) softmax over its candidates. The loop is
+// tiles-outer, (batch, head)-inner so the tile's index math and mask table are built once and
+// reused by every slice. OpenMP over tiles; every output row is written by exactly one thread.
+#include <omp.h>
+#include <algorithm>
+#include "cpu/attention_tile.h"
+#include "cpu/kernels.h"
+
+namespace tgf {
+using namespace cpu_attn;
+
+namespace {
+
+struct FwdScratch {
+  TileIndex ti;
+  std::vector<float> KT, V, S, inv;
+  BiasTiles bias;
+  const float* bt = nullptr;  // this (tile, head)'s bias/mask term, when there is a bias
+  std::vector<const float*> qrows, vrows;
+  std::vector<float*> orows;
+  FwdScratch(int TQ, int maxk, int d, int dp, int heads) {
+    bias.reserve(heads, TQ, maxk);
+    ti.reserve(TQ, maxk);
+    const int nkp = round_up(maxk, JB);
+    KT.resize(static_cast<size_t>(d) * nkp);
+    V.resize(static_cast<size_t>(maxk) * dp);
+    S.resize(static_cast<size_t>(TQ) * nkp);
+    inv.resize(TQ);
+    qrows.resize(TQ);
+    vrows.resize(maxk);
+    orows.resize(TQ);
+  }
+};
+
+// One (tile, batch, head): logits, masked softmax with bias, P V, lse.
+TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp,
+                                      FwdScratch& s) {
+  const TileIndex& ti = s.ti;
+  const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
+  const float* q = a.q.slice(b, hh);
+  const float* v = a.v.slice(b, hh);
+  float* o = a.out.slice(b, hh);
+  float* lse = a.lse + (static_cast<int64_t>(b) * a.heads + hh) * a.N;
+
+  pack_cols_t(KTs, a.N, ti, d, s.KT.data());
+  row_ptrs(v, a.v.sn, ti.k.data(), nk, d, dp, s.V.data(), s.vrows.data());
+  for (int i = 0; i < nq; ++i) {
+    s.qrows[i] = q + ti.q[i] * a.q.sn;
+    s.orows[i] = o + ti.q[i] * a.out.sn;
+  }
+  logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
+
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int i = 0; i < nq; ++i) {
+    float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
+    const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
+    // The select keeps a NaN logit of a masked key out of this row.
+    float m = ninf;
+    if (a.bias) {
+      const float* bt = s.bt + static_cast<size_t>(i) * nkp;
+#pragma omp simd reduction(max : m)
+      for (int j = 0; j < nkp; ++j) {
+        const float x = br[j] >= 0 ? srow[j] + bt[j] : ninf;
+        srow[j] = x;
+        m = m > x ? m : x;
+      }
+    } else {
+#pragma omp simd reduction(max : m)
+      for (int j = 0; j < nkp; ++j) {
+        const float x = br[j] >= 0 ? srow[j] : ninf;
+        srow[j] = x;
+        m = m > x ? m : x;
+      }
+    }
+    float l = 0.f;
+#pragma omp simd reduction(+ : l)
+    for (int j = 0; j < nkp; ++j) {
+      const float p = br[j] >= 0 ? exp_neg(srow[j] - m) : 0.f;
+      srow[j] = p;
+      l += p;
+    }
+    s.inv[i] = 1.f / l;
+    lse[ti.q[i]] = m + std::log(l);
+  }
+  rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
+}
+
+TGF_ISA_DISPATCH(fwd_tile, fwd_tile_body,
+                 (const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, FwdScratch& s),
+                 (a, KTs, b, hh, dp, s))
+
+TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, ti))
+
+// Builds tile t into ti; false if it has no queries.
+bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
+  return build_tile_cached(g, TQ, t, ti, fill_brow);
+}
+
+}  // namespace
+
+void attn_fwd_f32(const AttnFwdArgs& a) {
+  const Geom& g = a.geom;
+  const int TQ = tile_size(g), maxk = tile_max_keys(g, TQ), ntiles = tile_count(g, TQ);
+  const int dp = round_up(a.d, DB);
+  const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, a.heads);
+  // K transposed once per slice (d x N), so tiles gather candidate columns with contiguous copies.
+  std::vector<float> KT(static_cast<size_t>(a.B) * a.heads * a.d * a.N);
+  transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.data(), a.threads);
+#pragma omp parallel num_threads(a.threads)
+  {
+    FwdScratch s(TQ, maxk, a.d, dp, a.heads);
+#pragma omp for schedule(dynamic, 1)
+    for (int u = 0; u < ntiles; ++u) {
+      if (!build_tile(g, TQ, tile_visit(g, TQ, u), s.ti)) continue;
+      for (int hh = 0; hh < a.heads; ++hh) {
+        if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
+        for (int b = 0; b < a.B; ++b)
+          fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp, s);
+      }
+    }
+  }
+}
+
+}  // namespace tgf

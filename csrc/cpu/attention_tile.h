@@ -1,0 +1,353 @@
+// Building blocks of the fused CPU attention kernels (attention_fwd.cpp, attention_bwd.cpp).
+//
+// One tile = up to TQ queries and the candidate keys their geometry can reach (common/attn_tiles.h).
+// Per tile the kernels gather keys (from a once-per-call transposed copy) into a small buffer,
+// compute the tile's logits densely against the candidates with register-blocked loops the
+// compiler turns into AVX2/AVX-512 code (TGF_ISA_DISPATCH compiles each tile function once per
+// ISA and picks one at run time), and apply the exact per-pair mask and relative bias from a
+// table of bias rows (-1 = masked) that GRID tiles of regular windows share.
+// No -ffast-math: exp is a polynomial written here so it vectorizes while keeping NaN.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+#include "common/attn_tiles.h"
+#include "cpu/kernels.h"
+
+namespace tgf {
+namespace cpu_attn {
+
+constexpr int QB = 4;    // rows per register block (queries, or keys in dk/dv)
+constexpr int JB = 32;   // candidate keys per register block (logit micro-kernel)
+constexpr int DB = 16;   // head-dim lanes per register block (value micro-kernels)
+
+// Hot helpers are force-inlined into the per-ISA entry points (TGF_ISA_DISPATCH below), so
+// each copy is compiled for that ISA.
+#define TGF_KERNEL_INLINE static inline __attribute__((always_inline))
+
+// Compiles `body_fn` (a TGF_KERNEL_INLINE function) three times: AVX-512 (512-bit vectors),
+// AVX2+FMA, and baseline x86-64; `name` picks the best one for this CPU at run time. No
+// -march=native: the wheel runs on any x86-64.
+#define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS)                                      \
+  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
+    body_fn ARGS;                                                                          \
+  }                                                                                        \
+  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_fn ARGS; }        \
+  void name##_v1 PARAMS { body_fn ARGS; }                                                  \
+  void name PARAMS {                                                                       \
+    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
+                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
+                                                                   : 1;                    \
+    if (level == 4) name##_v4 ARGS;                                                        \
+    else if (level == 3) name##_v3 ARGS;                                                   \
+    else name##_v1 ARGS;                                                                   \
+  }
+
+inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
+
+// Query tile size per geometry kind: row tiles of the local kinds stay short so that the
+// candidate set (TQ + k - 1 columns) is not dominated by masked keys.
+inline int tile_size(const Geom& g) {
+  switch (g.kind) {
+    case CLIP: return 8;
+    case NBHD: return g.p1 >= 5 ? 16 : 8;
+    default: return 32;
+  }
+}
+
+// Index part of one tile: queries, candidate keys, and the per-pair bias row (-1 where masked).
+struct TileIndex {
+  int nq = 0, nk = 0, nkp = 0;
+  int brow_key = -1;  // grid_regular_chunk of the tile that `brow` was filled for
+  long brow_gen = 0;  // incremented whenever `brow` is refilled (per-head caches check it)
+  std::vector<int> q, k, brow;
+  std::vector<QueryMeta> qm;
+  std::vector<int> kcls, kay, kax, kby, kbx;  // key metadata, one array per field (vectorizes)
+  // Candidate keys as runs of consecutive tokens: (first candidate slot, first token, length).
+  struct Run { int j0, t0, len; };
+  std::vector<Run> runs;
+
+  void reserve(int TQ, int maxk) {
+    q.resize(TQ);
+    qm.resize(TQ);
+    k.resize(maxk);
+    for (std::vector<int>* f : {&kcls, &kay, &kax, &kby, &kbx}) f->resize(maxk);
+    brow.resize(static_cast<size_t>(TQ) * round_up(maxk, JB));
+  }
+
+  // Fills queries, candidates and their metadata; false if the tile has no queries (partial
+  // GRID windows). The pair table `brow` is filled by fill_brow_body.
+  bool build_index(const Geom& g, int TQ, int t) {
+    nq = tile_queries(g, TQ, t, q.data());
+    if (nq == 0) return false;
+    nk = tile_keys(g, TQ, t, q.data(), nq, k.data());
+    nkp = round_up(nk, JB);
+    runs.clear();
+    for (int j = 0; j < nk; ++j) {
+      if (j > 0 && k[j] == k[j - 1] + 1) runs.back().len++;
+      else runs.push_back({j, k[j], 1});
+    }
+    for (int j = 0; j < nk; ++j) {
+      const KeyMeta m = key_meta(g, k[j]);
+      kcls[j] = m.cls; kay[j] = m.ay; kax[j] = m.ax; kby[j] = m.by; kbx[j] = m.bx;
+    }
+    for (int i = 0; i < nq; ++i) qm[i] = query_meta(g, q[i]);
+    return true;
+  }
+};
+
+// brow[i, j] = bias row of (query i, candidate j) if visible, else -1 (meta_visible and
+// meta_bias_row of attn_tiles.h, written over arrays so the compiler vectorizes it).
+TGF_KERNEL_INLINE void fill_brow_body(const Geom& g, TileIndex& ti) {
+  const int lo1 = -(g.B1 - 1), hi1 = g.B1 - 1, lo2 = -(g.B2 - 1), hi2 = g.B2 - 1, w2 = 2 * g.B2 - 1;
+  const int *kcls = ti.kcls.data(), *kay = ti.kay.data(), *kax = ti.kax.data();
+  const int *kby = ti.kby.data(), *kbx = ti.kbx.data();
+  for (int i = 0; i < ti.nq; ++i) {
+    const QueryMeta m = ti.qm[i];
+    int* br = ti.brow.data() + static_cast<size_t>(i) * ti.nkp;
+#pragma omp simd
+    for (int j = 0; j < ti.nk; ++j) {
+      const bool vis = kcls[j] == m.cls && kay[j] >= m.ylo && kay[j] <= m.yhi && kax[j] >= m.xlo &&
+                       kax[j] <= m.xhi;
+      int dy = m.by - kby[j], dx = m.bx - kbx[j];
+      dy = dy < lo1 ? lo1 : (dy > hi1 ? hi1 : dy);
+      dx = dx < lo2 ? lo2 : (dx > hi2 ? hi2 : dx);
+      br[j] = vis ? (dy + hi1) * w2 + (dx + hi2) : -1;
+    }
+    for (int j = ti.nk; j < ti.nkp; ++j) br[j] = -1;
+  }
+}
+
+// exp(x) for x <= 0 (softmax arguments), vectorizable; exact 0 below -87.3, NaN stays NaN.
+// Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n from the exponent bits.
+TGF_KERNEL_INLINE float exp_neg(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(float));
+  float e = p * two_n;
+  e = x < -87.0f ? 0.0f : e;
+  return x != x ? x : e;
+}
+
+// S[i, :nkp] = alpha * sum_c A_i[c] * BT[c, :nkp] for the nq rows A_i (pointers, d elements).
+TGF_KERNEL_INLINE void logits_block(const float* const* A, int nq, int d, const float* BT, int nkp,
+                                float alpha, float* S) {
+  for (int i0 = 0; i0 < nq; i0 += QB) {
+    const float* a[QB];
+    for (int r = 0; r < QB; ++r) a[r] = A[i0 + (i0 + r < nq ? r : 0)];
+    for (int jb = 0; jb < nkp; jb += JB) {
+      float acc[QB][JB];
+      for (int r = 0; r < QB; ++r)
+        for (int jj = 0; jj < JB; ++jj) acc[r][jj] = 0.f;
+      for (int c = 0; c < d; ++c) {
+        const float* bt = BT + static_cast<size_t>(c) * nkp + jb;
+        for (int r = 0; r < QB; ++r) {
+          const float ar = a[r][c];
+#pragma omp simd
+          for (int jj = 0; jj < JB; ++jj) acc[r][jj] += ar * bt[jj];
+        }
+      }
+      for (int r = 0; r < QB && i0 + r < nq; ++r) {
+        float* s = S + static_cast<size_t>(i0 + r) * nkp + jb;
+#pragma omp simd
+        for (int jj = 0; jj < JB; ++jj) s[jj] = alpha * acc[r][jj];
+      }
+    }
+  }
+}
+
+// O_i[:d] = rowscale[i] * sum_j P[i, j] * X_j[:] for i < nq; X_j rows readable up to dp
+// (dp % DB == 0: either padded copies or original rows when d % DB == 0). R rows x CW lanes of
+// accumulators per block (8 independent FMA chains either way).
+template <int R, int CW>
+TGF_KERNEL_INLINE void rows_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                   int c0, int d, const float* rowscale, float* const* O) {
+  for (int i0 = 0; i0 < nq; i0 += R) {
+    const float* p[R];
+    for (int r = 0; r < R; ++r) p[r] = P + static_cast<size_t>(i0 + (i0 + r < nq ? r : 0)) * nkp;
+    float acc[R][CW];
+    for (int r = 0; r < R; ++r)
+      for (int cc = 0; cc < CW; ++cc) acc[r][cc] = 0.f;
+    for (int j = 0; j < nk; ++j) {
+      const float* x = X[j] + c0;
+      for (int r = 0; r < R; ++r) {
+        const float pr = p[r][j];
+#pragma omp simd
+        for (int cc = 0; cc < CW; ++cc) acc[r][cc] += pr * x[cc];
+      }
+    }
+    const int cn = d - c0 < CW ? d - c0 : CW;
+    for (int r = 0; r < R && i0 + r < nq; ++r) {
+      float* o = O[i0 + r] + c0;
+      for (int cc = 0; cc < cn; ++cc) o[cc] = rowscale[i0 + r] * acc[r][cc];
+    }
+  }
+}
+
+TGF_KERNEL_INLINE void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                     int dp, int d, const float* rowscale, float* const* O) {
+  if (dp % (2 * DB) == 0) {  // 8 accumulator registers: enough independent FMA chains
+    for (int c0 = 0; c0 < dp; c0 += 2 * DB) rows_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  } else {
+    for (int c0 = 0; c0 < dp; c0 += DB) rows_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  }
+}
+
+// Acc_j[:dp] += alpha * sum_i P[i, j] * X_i[:] for j < nk (Acc rows by pointer, padded to dp).
+template <int R, int CW>
+TGF_KERNEL_INLINE void cols_times_impl(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                   int c0, float alpha, float* const* Acc) {
+  for (int j0 = 0; j0 < nk; j0 += R) {
+    const int nj = nk - j0 < R ? nk - j0 : R;
+    float acc[R][CW];
+    for (int r = 0; r < R; ++r)
+      for (int cc = 0; cc < CW; ++cc) acc[r][cc] = 0.f;
+    for (int i = 0; i < nq; ++i) {
+      const float* x = X[i] + c0;
+      const float* pi = P + static_cast<size_t>(i) * nkp + j0;
+      for (int r = 0; r < R; ++r) {
+        const float pr = pi[r];  // columns past nk are zero padding (nkp % JB == 0)
+#pragma omp simd
+        for (int cc = 0; cc < CW; ++cc) acc[r][cc] += pr * x[cc];
+      }
+    }
+    for (int r = 0; r < nj; ++r) {
+      float* a = Acc[j0 + r] + c0;
+#pragma omp simd
+      for (int cc = 0; cc < CW; ++cc) a[cc] += alpha * acc[r][cc];
+    }
+  }
+}
+
+TGF_KERNEL_INLINE void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
+                                     int dp, float alpha, float* const* Acc) {
+  if (dp % (2 * DB) == 0) {
+    for (int c0 = 0; c0 < dp; c0 += 2 * DB) cols_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  } else {
+    for (int c0 = 0; c0 < dp; c0 += DB) cols_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  }
+}
+
+// Row pointers of src + idx[j] * sn for j < n, readable up to dp floats: the rows themselves
+// when d == dp, else copies zero-padded to dp in buf (n x dp).
+TGF_KERNEL_INLINE void row_ptrs(const float* src, int64_t sn, const int* idx, int n, int d, int dp,
+                            float* buf, const float** rows) {
+  for (int j = 0; j < n; ++j) {
+    const float* s = src + idx[j] * sn;
+    if (d == dp) {
+      rows[j] = s;
+    } else {
+      float* o = buf + static_cast<size_t>(j) * dp;
+      std::memcpy(o, s, sizeof(float) * d);
+      std::memset(o + d, 0, sizeof(float) * (dp - d));
+      rows[j] = o;
+    }
+  }
+}
+
+
+// Gathers the tile's candidate columns from a transposed slice XT (d x N) into dst (d x nkp),
+// run by run (contiguous copies), zero-padding columns to nkp.
+TGF_KERNEL_INLINE void pack_cols_t(const float* XT, int N, const TileIndex& ti, int d, float* dst) {
+  for (int c = 0; c < d; ++c) {
+    const float* src = XT + static_cast<size_t>(c) * N;
+    float* o = dst + static_cast<size_t>(c) * ti.nkp;
+    for (const TileIndex::Run& r : ti.runs) std::memcpy(o + r.j0, src + r.t0, sizeof(float) * r.len);
+    for (int j = ti.nk; j < ti.nkp; ++j) o[j] = 0.f;
+  }
+}
+
+// Transposes every (batch, head) slice of a view into XT (B*heads slices of d x N), in parallel.
+inline void transpose_slices(const View& x, int B, int heads, int N, int d, float* XT, int threads) {
+  constexpr int NB = 64;
+  const int nblk = (N + NB - 1) / NB;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+  for (int sl = 0; sl < B * heads; ++sl)
+    for (int blk = 0; blk < nblk; ++blk) {
+      const float* src = x.slice(sl / heads, sl % heads);
+      float* dst = XT + static_cast<size_t>(sl) * d * N;
+      const int n1 = (blk + 1) * NB < N ? (blk + 1) * NB : N;
+      for (int c = 0; c < d; ++c)
+        for (int n = blk * NB; n < n1; ++n) dst[static_cast<size_t>(c) * N + n] = src[n * x.sn + c];
+    }
+}
+
+// The tile's additive logit term for one head: bias[brow] where visible, -inf where masked
+// (bias == nullptr: 0 where visible). Built once per (tile, head) and shared by the batch.
+TGF_KERNEL_INLINE void bias_tile(const TileIndex& ti, const float* bias, float* out) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const size_t n = static_cast<size_t>(ti.nq) * ti.nkp;
+  const int* br = ti.brow.data();
+  if (bias) {
+    for (size_t e = 0; e < n; ++e) out[e] = br[e] >= 0 ? bias[br[e]] : ninf;
+  } else {
+    for (size_t e = 0; e < n; ++e) out[e] = br[e] >= 0 ? 0.f : ninf;
+  }
+}
+
+// Builds tile t into ti, reusing the pair table when the previous tile was the same chunk of
+// another regular GRID window; false if the tile has no queries.
+template <typename FillFn>
+inline bool build_tile_cached(const Geom& g, int TQ, int t, TileIndex& ti, FillFn fill) {
+  if (!ti.build_index(g, TQ, t)) return false;
+  const int key = grid_regular_chunk(g, TQ, t);
+  if (!(key >= 0 && key == ti.brow_key)) {
+    fill(g, ti);
+    ++ti.brow_gen;
+  }
+  ti.brow_key = key;
+  return true;
+}
+
+// The per-head bias/mask tiles of the current pair table, built lazily and kept until the
+// table changes.
+struct BiasTiles {
+  std::vector<float> data;
+  std::vector<long> gen;  // brow_gen each head's tile was built for (-1: never)
+  size_t stride = 0;
+  void reserve(int heads, int TQ, int maxk) {
+    stride = static_cast<size_t>(TQ) * round_up(maxk, JB);
+    data.resize(heads * stride);
+    gen.assign(heads, -1);
+  }
+  const float* get(const TileIndex& ti, const float* biash, int rows, int hh) {
+    float* out = data.data() + hh * stride;
+    if (gen[hh] != ti.brow_gen) {
+      bias_tile(ti, biash + static_cast<size_t>(hh) * rows, out);
+      gen[hh] = ti.brow_gen;
+    }
+    return out;
+  }
+};
+
+// Backward tile size: a GRID tile covers a whole (small) window, so every key's dk/dv rows are
+// accumulated by one tile while they are in cache instead of being revisited by each chunk.
+inline int tile_size_bwd(const Geom& g) {
+  if (g.kind == GRID && g.p0 * g.p1 <= 256) return g.p0 * g.p1;
+  return tile_size(g);
+}
+
+// Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
+inline std::vector<float> bias_by_head(const float* bias, int rows, int heads) {
+  std::vector<float> t(bias ? static_cast<size_t>(rows) * heads : 0);
+  if (bias)
+    for (int r = 0; r < rows; ++r)
+      for (int hh = 0; hh < heads; ++hh) t[static_cast<size_t>(hh) * rows + r] = bias[r * heads + hh];
+  return t;
+}
+
+}  // namespace cpu_attn
+}  // namespace tgf
