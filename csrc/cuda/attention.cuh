@@ -76,7 +76,7 @@ struct Lds {
 // B_COL: B is stored column-major (element (k, n) at B[n * ldb + k]), else row-major.
 // M, N, K are multiples of 16. Every thread of the block calls it; no synchronisation inside.
 template <typename T, bool A_COL, bool B_COL>
-__device__ void tile_mm(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
+__device__ __forceinline__ void tile_mm(float* C, int ldc, const T* A, int lda, const T* B, int ldb, int M, int N,
                         int K, bool acc) {
   if constexpr (std::is_same<T, float>::value) {
     for (int e = threadIdx.x; e < M * N; e += kThreads) {
@@ -100,6 +100,7 @@ __device__ void tile_mm(float* C, int ldc, const T* A, int lda, const T* B, int 
       w::fragment<w::accumulator, 16, 16, 16, float> c;
       if (acc) w::load_matrix_sync(c, cp, ldc, w::mem_row_major);
       else w::fill_fragment(c, 0.f);
+#pragma unroll 1
       for (int kk = 0; kk < K; kk += 16) {
         w::fragment<w::matrix_a, 16, 16, 16, T, ALay> a;
         w::fragment<w::matrix_b, 16, 16, 16, T, BLay> b;
@@ -121,7 +122,7 @@ __device__ __forceinline__ void chunk_tokens(int* tok, const Tile& rect, int Wq,
 
 // dst[r][c] = tensor[token tok[r]][c] for c < d, zero elsewhere (all t x dpad entries written).
 template <typename T>
-__device__ void load_rows(T* dst, int ld, const AttnParams& P, int slot, int b, int hh,
+__device__ __forceinline__ void load_rows(T* dst, int ld, const AttnParams& P, int slot, int b, int hh,
                           const int* tok) {
   const int d = P.d, dpad = P.dpad;
   for (int e = threadIdx.x; e < P.t * dpad; e += kThreads) {
@@ -132,7 +133,7 @@ __device__ void load_rows(T* dst, int ld, const AttnParams& P, int slot, int b, 
 
 // tensor[token tok[r]][c] = alpha * src[r][c] for valid rows, c < d.
 template <typename T>
-__device__ void store_rows(const float* src, int ld, float alpha, const AttnParams& P, int slot,
+__device__ __forceinline__ void store_rows(const float* src, int ld, float alpha, const AttnParams& P, int slot,
                            int b, int hh, const int* tok) {
   const int d = P.d;
   for (int e = threadIdx.x; e < P.t * d; e += kThreads) {

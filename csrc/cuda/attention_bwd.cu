@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) attn_delta_kernel(const AttnParams P
 // computes S = Q K^T and dP = dO V^T, then P and dS on visible pairs (0 elsewhere).
 // Returns the block-wide vote "some pair was visible". Ends synchronised.
 template <typename T>
-__device__ bool pair_tiles(const AttnParams& P, BwdSmem<T>& s, const Lds& ld, int hh,
+__device__ __forceinline__ bool pair_tiles(const AttnParams& P, BwdSmem<T>& s, const Lds& ld, int hh,
                            bool write_p, bool dbias) {
   const int t = P.t;
   tile_mm<T, false, true>(s.S, ld.S, s.Q, ld.T, s.K, ld.T, t, t, P.dpad, false);
@@ -80,7 +80,7 @@ __device__ bool pair_tiles(const AttnParams& P, BwdSmem<T>& s, const Lds& ld, in
 
 // Query-row statistics of a chunk (lse and D; 0 for rows past the chunk).
 template <typename T>
-__device__ void load_row_stats(const AttnParams& P, BwdSmem<T>& s, int bh) {
+__device__ __forceinline__ void load_row_stats(const AttnParams& P, BwdSmem<T>& s, int bh) {
   for (int r = threadIdx.x; r < P.t; r += kThreads) {
     const int n = s.qtok[r];
     const int64_t i = static_cast<int64_t>(bh) * P.N + n;
