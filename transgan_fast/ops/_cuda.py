@@ -22,6 +22,18 @@ def _stream(t):
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+def _on_device(fn):
+    """Run a launcher with the tensors' device current (the C++ side queries and launches on the
+    current device, with the stream of `torch.cuda.current_stream(device)`)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(first, *args):
+        with torch.cuda.device(first.device):
+            return fn(first, *args)
+    return wrapper
+
+
 def _view(t, name):
     """[ptr, stride_b, stride_h, stride_n] of a (B, h, N, d) view with a contiguous last dim."""
     if t.dim() != 4 or (t.stride(-1) != 1 and t.shape[-1] > 1):
@@ -43,6 +55,7 @@ def _attn_dims(q):
 if _C is not None:
 
     @register_kernel("cuda", "attn_fwd")
+    @_on_device
     def attn_fwd(q, k, v, bias, geom, scale, out, lse):
         """Fused attention forward into `out` (B, h, N, d) and `lse` (B, h, N) float32."""
         dims = _attn_dims(q)
@@ -51,6 +64,7 @@ if _C is not None:
                     _ptr(lse), _stream(q))
 
     @register_kernel("cuda", "attn_bwd")
+    @_on_device
     def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
         """Fused attention backward into dq, dk, dv (fully written) and dbias (accumulated)."""
         dims = _attn_dims(q)
@@ -62,6 +76,7 @@ if _C is not None:
                     _ptr(dbias), _ptr(lse.contiguous()), _ptr(delta), _stream(q))
 
     @register_kernel("cuda", "pixel_shuffle_seq")
+    @_on_device
     def pixel_shuffle_seq(x, H, W, *rest):
         """(B, HW, C) -> (B, 4HW, C/4), optional fused pos-embed add."""
         pos, out = rest if len(rest) == 2 else (None, rest[0])
@@ -71,6 +86,7 @@ if _C is not None:
                              x.stride(0), x.stride(1), pos_bstride, _stream(x))
 
     @register_kernel("cuda", "pixel_unshuffle_seq")
+    @_on_device
     def pixel_unshuffle_seq(x, H, W, out):
         """Inverse of pixel_shuffle_seq; H, W the low-resolution map."""
         B, N, C = x.shape
@@ -78,36 +94,42 @@ if _C is not None:
                                x.stride(0), x.stride(1), _stream(x))
 
     @register_kernel("cuda", "bicubic_upsample_seq")
+    @_on_device
     def bicubic_upsample_seq(x, H, W, out):
         """(B, HW, C) -> (B, 4HW, C), bicubic x2 (A=-0.75, align_corners=False)."""
         B, N, C = x.shape
         _C.bicubic_upsample_seq(DTYPE_CODE[x.dtype], _ptr(x), _ptr(out), B, H, W, C, False, _stream(x))
 
     @register_kernel("cuda", "bicubic_upsample_seq_adjoint")
+    @_on_device
     def bicubic_upsample_seq_adjoint(g, H, W, out):
         """Adjoint of bicubic_upsample_seq: (B, 4HW, C) -> (B, HW, C)."""
         B, N4, C = g.shape
         _C.bicubic_upsample_seq(DTYPE_CODE[g.dtype], _ptr(g), _ptr(out), B, H, W, C, True, _stream(g))
 
     @register_kernel("cuda", "avg_pool_seq")
+    @_on_device
     def avg_pool_seq(x, H, W, out):
         """2x2 average pooling; H, W the high-resolution map."""
         B, N, C = x.shape
         _C.avg_pool_seq(DTYPE_CODE[x.dtype], _ptr(x), _ptr(out), B, H, W, C, False, _stream(x))
 
     @register_kernel("cuda", "avg_pool_seq_adjoint")
+    @_on_device
     def avg_pool_seq_adjoint(g, H, W, out):
         """Adjoint of avg_pool_seq: (B, HW/4, C) -> (B, HW, C)."""
         B, N4, C = g.shape
         _C.avg_pool_seq(DTYPE_CODE[g.dtype], _ptr(g), _ptr(out), B, H, W, C, True, _stream(g))
 
     @register_kernel("cuda", "pixel_norm")
+    @_on_device
     def pixel_norm(x, out):
         """x / sqrt(mean(x^2, -1) + 1e-8)."""
         C = x.shape[-1]
         _C.pixel_norm(DTYPE_CODE[x.dtype], _ptr(x), 0, _ptr(out), x.numel() // max(C, 1), C, _stream(x))
 
     @register_kernel("cuda", "pixel_norm_backward")
+    @_on_device
     def pixel_norm_backward(x, g, out):
         """Gradient of pixel_norm at x for upstream gradient g."""
         C = x.shape[-1]
