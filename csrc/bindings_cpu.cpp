@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 #include <cstdint>
 #include "common/geometry.h"
+#include "common/tiles_cuda.h"
 #include "cpu/kernels.h"
 
 namespace py = pybind11;
@@ -93,5 +94,23 @@ PYBIND11_MODULE(_C_cpu, m) {
       for (int j = 0; j < N; ++j)
         t[static_cast<size_t>(i) * N + j] = tgf::visible(G, i, j) ? tgf::bias_row(G, i, j) : -1;
     return t;
+  });
+
+  // Tile index math of the CUDA attention kernels (common/tiles_cuda.h), exposed for CPU tests.
+  // Rectangles are (y0, x0, rows, cols) on the tiling map (1 x N for band1d, else H x W).
+  auto G = [](const std::vector<int>& g) {
+    return tgf::Geom{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+  };
+  auto tup = [](const tgf::Tile& t) { return py::make_tuple(t.y0, t.x0, t.nr, t.nc); };
+  m.def("key_rect", [G, tup](std::vector<int> g, int y0, int x0, int nr, int nc) {
+    return tup(tgf::key_rect(G(g), tgf::Tile{y0, x0, nr, nc}));
+  });
+  m.def("query_rect", [G, tup](std::vector<int> g, int y0, int x0, int nr, int nc) {
+    return tup(tgf::query_rect(G(g), tgf::Tile{y0, x0, nr, nc}));
+  });
+  m.def("block_tiles", [G, tup](std::vector<int> g, int t) {
+    py::list out;
+    for (int i = 0; i < tgf::block_tile_count(G(g), t); ++i) out.append(tup(tgf::block_tile(G(g), t, i)));
+    return out;
   });
 }

@@ -3,6 +3,7 @@
 // launch first checks for a device and raises "no CUDA device" if there is none.
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -34,6 +35,32 @@ static void check(int err, const char* op) {
                              cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
+// Builds an AttnCall from Python lists: geom (9 ints), dims [B, h, N, d], views as
+// [ptr, stride_b, stride_h, stride_n] per tensor (q, k, v, out[, dout, dq, dk, dv]).
+static tgf::cuda::AttnCall attn_call(int dtype, const std::vector<int>& geom,
+                                     const std::vector<int64_t>& dims, double scale,
+                                     const std::vector<int64_t>& views, const char* op) {
+  if (geom.size() != 9) throw std::invalid_argument(std::string(op) + ": geom must have 9 ints");
+  if (dims.size() != 4) throw std::invalid_argument(std::string(op) + ": dims must be [B, h, N, d]");
+  if (views.size() % 4 != 0 || views.size() / 4 > tgf::cuda::NSLOT)
+    throw std::invalid_argument(std::string(op) + ": views must be [ptr, sb, sh, sn] per tensor");
+  tgf::cuda::AttnCall c;
+  c.dtype = dtype;
+  for (int i = 0; i < 9; ++i) c.geom[i] = geom[i];
+  c.B = dims[0]; c.h = dims[1]; c.N = dims[2]; c.d = dims[3];
+  c.scale = static_cast<float>(scale);
+  for (size_t i = 0; i < views.size() / 4; ++i) {
+    c.ptr[i] = static_cast<uintptr_t>(views[4 * i]);
+    c.sb[i] = views[4 * i + 1]; c.sh[i] = views[4 * i + 2]; c.sn[i] = views[4 * i + 3];
+  }
+  return c;
+}
+
+static void check_attn(int err, const char* msg, const char* op) {
+  if (msg) throw std::invalid_argument(std::string(op) + ": " + msg);
+  check(err, op);
+}
+
 static const void* C(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 static void* M(uintptr_t p) { return reinterpret_cast<void*>(p); }
 
@@ -56,4 +83,50 @@ PYBIND11_MODULE(_C_cuda, m) {
           check(tgf::cuda::pixel_unshuffle_seq(dtype, C(x), M(out), B, H, W, C_, sxb, sxn, stream),
                 "pixel_unshuffle_seq");
         });
+
+  m.def("attn_fwd",
+        [](int dtype, std::vector<int> geom, std::vector<int64_t> dims, double scale,
+           std::vector<int64_t> views, uintptr_t bias, uintptr_t lse, uintptr_t stream) {
+          require_device("attn_fwd");
+          auto c = attn_call(dtype, geom, dims, scale, views, "attn_fwd");
+          c.bias = bias; c.lse = lse; c.stream = stream;
+          const char* msg = nullptr;
+          const int err = tgf::cuda::attn_fwd(c, &msg);
+          check_attn(err, msg, "attn_fwd");
+        },
+        "fused attention forward; views: q, k, v, out as [ptr, sb, sh, sn]");
+  m.def("attn_bwd",
+        [](int dtype, std::vector<int> geom, std::vector<int64_t> dims, double scale,
+           std::vector<int64_t> views, uintptr_t bias, uintptr_t dbias, uintptr_t lse,
+           uintptr_t delta, uintptr_t stream) {
+          require_device("attn_bwd");
+          auto c = attn_call(dtype, geom, dims, scale, views, "attn_bwd");
+          c.bias = bias; c.dbias = dbias; c.lse = lse; c.delta = delta; c.stream = stream;
+          const char* msg = nullptr;
+          const int err = tgf::cuda::attn_bwd(c, &msg);
+          check_attn(err, msg, "attn_bwd");
+        },
+        "fused attention backward; views: q, k, v, out, dout, dq, dk, dv; delta: float32 (B,h,N) scratch");
+  m.def("bicubic_upsample_seq",
+        [](int dtype, uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C_,
+           bool adjoint, uintptr_t stream) {
+          require_device("bicubic_upsample_seq");
+          check(tgf::cuda::bicubic_upsample_seq(dtype, C(x), M(out), B, H, W, C_, adjoint, stream),
+                "bicubic_upsample_seq");
+        },
+        "bicubic x2 upsampling of a (B, H*W, C) map (adjoint: (B, 4HW, C) -> (B, HW, C))");
+  m.def("avg_pool_seq",
+        [](int dtype, uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C_,
+           bool adjoint, uintptr_t stream) {
+          require_device("avg_pool_seq");
+          check(tgf::cuda::avg_pool_seq(dtype, C(x), M(out), B, H, W, C_, adjoint, stream),
+                "avg_pool_seq");
+        },
+        "2x2 average pooling of a (B, H*W, C) map, H, W the high-res map (adjoint: the transpose)");
+  m.def("pixel_norm",
+        [](int dtype, uintptr_t x, uintptr_t g, uintptr_t out, int64_t T, int64_t C_, uintptr_t stream) {
+          require_device("pixel_norm");
+          check(tgf::cuda::pixel_norm(dtype, C(x), C(g), M(out), T, C_, stream), "pixel_norm");
+        },
+        "pixel norm over the last dim of T rows of C (g != 0: backward with upstream gradient g)");
 }

@@ -12,5 +12,33 @@ int pixel_shuffle_seq(int dtype, const void* x, const void* pos, void* out, int6
 int pixel_unshuffle_seq(int dtype, const void* x, void* out, int64_t B, int64_t H, int64_t W,
                         int64_t C, int64_t sxb, int64_t sxn, uintptr_t stream);
 
+// One fused-attention call. Tensors are (B, h, N, d) views with stride(-1) == 1, given as a data
+// pointer and (batch, head, token) strides in elements; slot order in `view`:
+// 0 q, 1 k, 2 v, 3 out, 4 dout, 5 dq, 6 dk, 7 dv (the forward uses slots 0-3).
+enum AttnSlot { Q = 0, K = 1, V = 2, O = 3, DO = 4, DQ = 5, DK = 6, DV = 7, NSLOT = 8 };
+struct AttnCall {
+  int dtype = 0;
+  int geom[9] = {0};
+  int64_t B = 0, h = 0, N = 0, d = 0;
+  float scale = 1.f;
+  uintptr_t ptr[NSLOT] = {0};
+  int64_t sb[NSLOT] = {0}, sh[NSLOT] = {0}, sn[NSLOT] = {0};
+  uintptr_t bias = 0, dbias = 0;  // float32 (rows, h); dbias zero-initialised by the caller
+  uintptr_t lse = 0;              // float32 (B, h, N) contiguous
+  uintptr_t delta = 0;            // float32 (B, h, N) scratch for the backward
+  uintptr_t stream = 0;
+};
+// Argument problems come back as a message in `err` and cudaErrorInvalidValue.
+int attn_fwd(const AttnCall& c, const char** err);
+int attn_bwd(const AttnCall& c, const char** err);
+
+// Resampling ops on contiguous (B, N, C) tensors; H, W as in _library.py.
+int bicubic_upsample_seq(int dtype, const void* x, void* out, int64_t B, int64_t H, int64_t W,
+                         int64_t C, bool adjoint, uintptr_t stream);
+int avg_pool_seq(int dtype, const void* x, void* out, int64_t B, int64_t H, int64_t W, int64_t C,
+                 bool adjoint, uintptr_t stream);
+int pixel_norm(int dtype, const void* x, const void* g, void* out, int64_t T, int64_t C,
+               uintptr_t stream);
+
 }  // namespace cuda
 }  // namespace tgf

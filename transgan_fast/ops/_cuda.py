@@ -1,5 +1,6 @@
 """The `cuda` backend: wrappers that pass device pointers, shapes, strides and the current
-stream to `_C_cuda`. Validation happens here and in `_library.py`; the module does none."""
+stream to `_C_cuda`. Validation happens here and in `_library.py`; the module does none beyond
+its own argument checks (head dim, geometry, sizes), which raise with a message."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +11,7 @@ from ._dispatch import register_kernel
 _C = _ext.cuda_module
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+MAX_HEAD_DIM = 256
 
 
 def _ptr(t):
@@ -20,10 +22,63 @@ def _stream(t):
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+def _on_device(fn):
+    """Run a launcher with the tensors' device current (the C++ side queries and launches on the
+    current device, with the stream of `torch.cuda.current_stream(device)`)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(first, *args):
+        with torch.cuda.device(first.device):
+            return fn(first, *args)
+    return wrapper
+
+
+def _view(t, name):
+    """[ptr, stride_b, stride_h, stride_n] of a (B, h, N, d) view with a contiguous last dim."""
+    if t.dim() != 4 or (t.stride(-1) != 1 and t.shape[-1] > 1):
+        raise ValueError(f"cuda attention: {name} must be a (B, h, N, d) view with stride(-1) == 1; "
+                         f"got shape {tuple(t.shape)}, strides {t.stride()}")
+    return [t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)]
+
+
+def _attn_dims(q):
+    B, h, N, d = q.shape
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"cuda attention: head dim d={d} is above the supported {MAX_HEAD_DIM}")
+    if q.dtype not in DTYPE_CODE:
+        raise TypeError(f"cuda attention: dtype {q.dtype} is not supported "
+                        f"(float32, float16, bfloat16)")
+    return [B, h, N, d]
+
+
 if _C is not None:
 
+    @register_kernel("cuda", "attn_fwd")
+    @_on_device
+    def attn_fwd(q, k, v, bias, geom, scale, out, lse):
+        """Fused attention forward into `out` (B, h, N, d) and `lse` (B, h, N) float32."""
+        dims = _attn_dims(q)
+        views = _view(q, "q") + _view(k, "k") + _view(v, "v") + _view(out, "out")
+        _C.attn_fwd(DTYPE_CODE[q.dtype], geom.as_list(), dims, float(scale), views, _ptr(bias),
+                    _ptr(lse), _stream(q))
+
+    @register_kernel("cuda", "attn_bwd")
+    @_on_device
+    def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
+        """Fused attention backward into dq, dk, dv (fully written) and dbias (accumulated)."""
+        dims = _attn_dims(q)
+        B, h, N, _ = q.shape
+        delta = torch.empty((B, h, N), dtype=torch.float32, device=q.device)  # rowsum(dO * O)
+        views = (_view(q, "q") + _view(k, "k") + _view(v, "v") + _view(out, "out") +
+                 _view(dout, "dout") + _view(dq, "dq") + _view(dk, "dk") + _view(dv, "dv"))
+        _C.attn_bwd(DTYPE_CODE[q.dtype], geom.as_list(), dims, float(scale), views, _ptr(bias),
+                    _ptr(dbias), _ptr(lse.contiguous()), _ptr(delta), _stream(q))
+
     @register_kernel("cuda", "pixel_shuffle_seq")
+    @_on_device
     def pixel_shuffle_seq(x, H, W, *rest):
+        """(B, HW, C) -> (B, 4HW, C/4), optional fused pos-embed add."""
         pos, out = rest if len(rest) == 2 else (None, rest[0])
         B, N, C = x.shape
         pos_bstride = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
@@ -31,7 +86,52 @@ if _C is not None:
                              x.stride(0), x.stride(1), pos_bstride, _stream(x))
 
     @register_kernel("cuda", "pixel_unshuffle_seq")
+    @_on_device
     def pixel_unshuffle_seq(x, H, W, out):
+        """Inverse of pixel_shuffle_seq; H, W the low-resolution map."""
         B, N, C = x.shape
         _C.pixel_unshuffle_seq(DTYPE_CODE[x.dtype], _ptr(x), _ptr(out), B, H, W, 4 * C,
                                x.stride(0), x.stride(1), _stream(x))
+
+    @register_kernel("cuda", "bicubic_upsample_seq")
+    @_on_device
+    def bicubic_upsample_seq(x, H, W, out):
+        """(B, HW, C) -> (B, 4HW, C), bicubic x2 (A=-0.75, align_corners=False)."""
+        B, N, C = x.shape
+        _C.bicubic_upsample_seq(DTYPE_CODE[x.dtype], _ptr(x), _ptr(out), B, H, W, C, False, _stream(x))
+
+    @register_kernel("cuda", "bicubic_upsample_seq_adjoint")
+    @_on_device
+    def bicubic_upsample_seq_adjoint(g, H, W, out):
+        """Adjoint of bicubic_upsample_seq: (B, 4HW, C) -> (B, HW, C)."""
+        B, N4, C = g.shape
+        _C.bicubic_upsample_seq(DTYPE_CODE[g.dtype], _ptr(g), _ptr(out), B, H, W, C, True, _stream(g))
+
+    @register_kernel("cuda", "avg_pool_seq")
+    @_on_device
+    def avg_pool_seq(x, H, W, out):
+        """2x2 average pooling; H, W the high-resolution map."""
+        B, N, C = x.shape
+        _C.avg_pool_seq(DTYPE_CODE[x.dtype], _ptr(x), _ptr(out), B, H, W, C, False, _stream(x))
+
+    @register_kernel("cuda", "avg_pool_seq_adjoint")
+    @_on_device
+    def avg_pool_seq_adjoint(g, H, W, out):
+        """Adjoint of avg_pool_seq: (B, HW/4, C) -> (B, HW, C)."""
+        B, N4, C = g.shape
+        _C.avg_pool_seq(DTYPE_CODE[g.dtype], _ptr(g), _ptr(out), B, H, W, C, True, _stream(g))
+
+    @register_kernel("cuda", "pixel_norm")
+    @_on_device
+    def pixel_norm(x, out):
+        """x / sqrt(mean(x^2, -1) + 1e-8)."""
+        C = x.shape[-1]
+        _C.pixel_norm(DTYPE_CODE[x.dtype], _ptr(x), 0, _ptr(out), x.numel() // max(C, 1), C, _stream(x))
+
+    @register_kernel("cuda", "pixel_norm_backward")
+    @_on_device
+    def pixel_norm_backward(x, g, out):
+        """Gradient of pixel_norm at x for upstream gradient g."""
+        C = x.shape[-1]
+        _C.pixel_norm(DTYPE_CODE[x.dtype], _ptr(x), _ptr(g), _ptr(out), x.numel() // max(C, 1), C,
+                      _stream(x))
