@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 import torch
@@ -27,7 +28,8 @@ def poison_outputs():
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     # Fresh random inputs per test, but reproducible from the test's name when it fails.
-    torch.manual_seed(abs(hash(request.node.nodeid)) % (2 ** 31))
+    # (crc32, not hash(): str hashes are randomised per process, so a failure would not reproduce)
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 requires_cpu_ext = pytest.mark.skipif(
