@@ -1,0 +1,137 @@
+"""Whole-model benchmarks: the TransGAN generator on every backend that can run it here.
+
+Groups (pytest-benchmark `group`, implementations side by side):
+- `model-cifar10-G-fwdbwd-b8`: CIFAR-10 generator, forward + backward, batch 8
+  (spec §7 target: the fastest backend >= 1.5x the same model on `ref`).
+- `model-church256-G-fwd-b1`: LSUN-Church 256 generator (205 M parameters), forward, batch 1,
+  with the peak resident memory of the forward in `extra_info` (`peak_rss_mb`, `forward_rss_mb`).
+
+Each model is built once and switched between backends with `set_backend`, and each backend's
+output is checked against `ref` before it is timed. Rounds default to 1 (the models are large and
+the machine small); set `TGF_BENCH_MODEL_ROUNDS` for more.
+
+    python -m pytest benchmarks/bench_models.py --benchmark-only -q
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from transgan_fast.models import build
+from transgan_fast.nn import set_backend
+from transgan_fast.ops import _dispatch
+
+ROUNDS = int(os.environ.get("TGF_BENCH_MODEL_ROUNDS", "1"))
+BACKENDS = ["ref", "auto", "cpu", "cuda", "triton"]
+# Kernel-level ops the generators call.
+MODEL_OPS = ("attention_qkv", "pixel_shuffle_seq", "bicubic_upsample_seq", "pixel_norm")
+_times = {}
+
+
+def _skip_unless_model_runs(backend: str) -> None:
+    if backend in ("ref", "auto"):
+        return
+    if backend != "cpu":
+        pytest.skip(f"{backend}: the model benchmarks run on CPU tensors")
+    _dispatch._load_backend_modules()
+    why = [w for op in MODEL_OPS if (w := _dispatch._why_not(backend, op, torch.device("cpu"), torch.float32))]
+    if why:
+        pytest.skip("; ".join(why))
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) for this process; False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+_outputs = {}
+
+
+def _time(benchmark, group, backend, model, fn, before_timing=None, **info):
+    """Time `fn` (which seeds the RNG, so the attention noise repeats) on `backend`, then check
+    its output against `ref`'s output for the same input (computed here if `ref` did not run)."""
+    benchmark.group = group
+    benchmark.extra_info.update(backend=backend, threads=torch.get_num_threads(), **info)
+    set_backend(model, backend)
+    if before_timing is not None:
+        before_timing()
+    out = benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=0).detach()
+    mean = benchmark.stats.stats.mean
+    _times[(group, backend)] = mean
+    if backend == "ref":
+        _outputs[group] = out
+    else:
+        if group not in _outputs:
+            set_backend(model, "ref")
+            _outputs[group] = fn().detach()
+        ref = _outputs[group]
+        err = (out - ref).abs().max().item()
+        tol = 1e-4 * max(1.0, ref.abs().max().item())
+        assert err <= tol, f"{backend}: model output differs from ref by {err:.3e} > {tol:.3e}"
+        if (group, "ref") in _times:
+            benchmark.extra_info["speedup_vs_ref"] = round(_times[(group, "ref")] / mean, 3)
+
+
+@pytest.fixture(scope="module")
+def cifar_g():
+    torch.set_num_threads(int(os.environ.get("TGF_BENCH_THREADS", "2")))
+    G, _ = build("cifar10", backend="ref")
+    return G
+
+
+@pytest.fixture(scope="module")
+def church_g():
+    G, _ = build("church256", backend="ref")
+    return G.eval()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cifar10_generator_fwd_bwd_b8(benchmark, cifar_g, backend):
+    _skip_unless_model_runs(backend)
+    z = torch.randn(8, cifar_g.latent_dim, generator=torch.Generator().manual_seed(1))
+
+    def step():
+        cifar_g.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        out = cifar_g(z)
+        out.square().mean().backward()
+        return out
+
+    _time(benchmark, "model-cifar10-G-fwdbwd-b8", backend, cifar_g, step, params=83_312_495)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_church256_generator_fwd_b1(benchmark, church_g, backend):
+    _skip_unless_model_runs(backend)
+    z = torch.randn(1, church_g.latent_dim, generator=torch.Generator().manual_seed(1))
+    mem = {}
+
+    @torch.no_grad()
+    def fwd():
+        torch.manual_seed(0)
+        return church_g(z)
+
+    def reset():
+        mem["base"] = _rss_mb("VmRSS")
+        mem["exact"] = _reset_peak_rss()
+
+    _time(benchmark, "model-church256-G-fwd-b1", backend, church_g, fwd, before_timing=reset,
+          weights_mb=round(205_291_952 * 4 / 2 ** 20, 1))
+    peak = _rss_mb("VmHWM")
+    benchmark.extra_info.update(peak_rss_mb=round(peak, 1), forward_rss_mb=round(peak - mem["base"], 1),
+                                peak_is_forward_only=mem["exact"] and ROUNDS == 1)
