@@ -1,0 +1,7 @@
+"""Registration of the Triton kernels with the dispatch table (`_dispatch.register_kernel`)."""
+from __future__ import annotations
+
+from .._dispatch import register_kernel
+from .attention_fwd import attn_fwd
+
+register_kernel("triton", "attn_fwd")(attn_fwd)
