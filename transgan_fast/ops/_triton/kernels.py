@@ -5,3 +5,6 @@ from .._dispatch import register_kernel
 from .attention_fwd import attn_fwd
 
 register_kernel("triton", "attn_fwd")(attn_fwd)
+from .attention_bwd import attn_bwd  # noqa: E402
+
+register_kernel("triton", "attn_bwd")(attn_bwd)
