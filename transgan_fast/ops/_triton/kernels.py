@@ -8,3 +8,7 @@ register_kernel("triton", "attn_fwd")(attn_fwd)
 from .attention_bwd import attn_bwd  # noqa: E402
 
 register_kernel("triton", "attn_bwd")(attn_bwd)
+from .shuffle import pixel_shuffle_seq, pixel_unshuffle_seq  # noqa: E402
+
+register_kernel("triton", "pixel_shuffle_seq")(pixel_shuffle_seq)
+register_kernel("triton", "pixel_unshuffle_seq")(pixel_unshuffle_seq)
