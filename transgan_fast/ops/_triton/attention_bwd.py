@@ -1,0 +1,193 @@
+"""Flash-style (FA2) masked attention backward in Triton, for every geometry kind.
+
+Three kernels:
+1. `delta_kernel`: D = rowsum(dO * O) per query, float32.
+2. `dkdv_kernel`: one program per key tile; loops over the query rectangle that can see it
+   (derived from the geometry: the whole window for GRID, radius r / width for CLIP / BAND, k - 1
+   for NATTEN, since a query always lies in its own neighbourhood) and accumulates dK, dV.
+3. `dq_kernel`: one program per query tile over its key rectangle (as the forward); accumulates dQ
+   and adds dS into the float32 `dbias` table with `tl.atomic_add` (gathered rows, per head).
+Probabilities are recomputed from the saved `lse`; every accumulation is float32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _geom as G
+from . import tuning
+
+
+@triton.jit
+def delta_kernel(O, DO, Delta, sob, soh, son, sdb, sdh, sdn, heads, N, d,
+                 DP: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    hd = tl.program_id(1)
+    bt = tl.program_id(2).to(tl.int64)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, DP)
+    mask = (rows < N)[:, None] & (offs_d < d)[None, :]
+    o = tl.load(O + bt * sob + hd * soh + rows[:, None] * son + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + bt * sdb + hd * sdh + rows[:, None] * sdn + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + (bt * heads + hd) * N + rows, delta, mask=rows < N)
+
+
+@triton.jit
+def _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
+           H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr, HAS_BIAS: tl.constexpr,
+           PREC: tl.constexpr):
+    """Recomputed probabilities P (BLOCK_M, BLOCK_N), the mask, and the bias rows."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+    vis = G.visible(yi[:, None], xi[:, None], yj[None, :], xj[None, :], H, W, P0, P1, P2, P3, KIND)
+    vis = vis & qvalid[:, None] & kvalid[None, :]
+    row = G.bias_row(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
+                     H, W, P0, P1, P2, P3, B1, B2, KIND)
+    if HAS_BIAS:
+        s += tl.load(Bias + row * heads + hd, mask=vis, other=0.0)
+    p = tl.where(vis, tl.exp(s - lse[:, None]), 0.0)
+    return p, vis, row
+
+
+@triton.jit
+def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
+                sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+                skgb, skgh, skgn, svgb, svgh, svgn,
+                heads, d, scale, LYM, LXM, TX,
+                H, W, P0, P1, P2, P3, B1, B2, AP0, AP1,
+                KIND: tl.constexpr, AX0: tl.constexpr, AX1: tl.constexpr,
+                HAS_BIAS: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    hd = tl.program_id(1)
+    bt = tl.program_id(2).to(tl.int64)
+    N = H * W
+    # The key tile (BLOCK_N lattice points) and the query rectangle that can see it.
+    LY, LX, c0, c1, a, b, kvalid, a_lo, a_hi, b_lo, b_hi = G.tile(
+        pid, LYM, LXM, TX, H, W, P0, P1, P2, P3, BLOCK_N, KIND)
+    yj, xj = G.coords(a, b, c0, c1, H, W, P0, P1, P2, P3, KIND)
+    ktok = (yj * W + xj).to(tl.int64)
+    offs_d = tl.arange(0, DP)
+    dmask = offs_d < d
+    kmask = kvalid[:, None] & dmask[None, :]
+    k = tl.load(K + bt * skb + hd * skh + ktok[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+    v = tl.load(V + bt * svb + hd * svh + ktok[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+    qa0, qa1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
+    qb0, qb1 = G.partner_range(b_lo, b_hi, LX, AP1, AX1)
+    QB = qb1 - qb0
+    total = (qa1 - qa0) * QB
+
+    dk = tl.zeros((BLOCK_N, DP), tl.float32)
+    dv = tl.zeros((BLOCK_N, DP), tl.float32)
+    offs_m = tl.arange(0, BLOCK_M)
+    for start in range(0, total, BLOCK_M):
+        i = start + offs_m
+        qvalid = i < total
+        yi, xi = G.coords(qa0 + i // QB, qb0 + i % QB, c0, c1, H, W, P0, P1, P2, P3, KIND)
+        qtok = (yi * W + xi).to(tl.int64)
+        qmask = qvalid[:, None] & dmask[None, :]
+        q = tl.load(Q + bt * sqb + hd * sqh + qtok[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
+        do = tl.load(DO + bt * sdb + hd * sdh + qtok[:, None] * sdn + offs_d[None, :], mask=qmask,
+                     other=0.0)
+        lse = tl.load(Lse + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
+        dl = tl.load(Delta + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
+        p, vis, row = _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
+                             H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = tl.where(vis, p * (dp - dl[:, None]), 0.0)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+
+    dk = dk * scale
+    tl.store(DK + bt * skgb + hd * skgh + ktok[:, None] * skgn + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=kmask)
+    tl.store(DV + bt * svgb + hd * svgh + ktok[:, None] * svgn + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kmask)
+
+
+@triton.jit
+def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
+              sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn, sqgb, sqgh, sqgn,
+              heads, d, scale, LYM, LXM, TX,
+              H, W, P0, P1, P2, P3, B1, B2, AP0, AP1,
+              KIND: tl.constexpr, AX0: tl.constexpr, AX1: tl.constexpr,
+              HAS_BIAS: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    hd = tl.program_id(1)
+    bt = tl.program_id(2).to(tl.int64)
+    N = H * W
+    LY, LX, c0, c1, a, b, qvalid, a_lo, a_hi, b_lo, b_hi = G.tile(
+        pid, LYM, LXM, TX, H, W, P0, P1, P2, P3, BLOCK_M, KIND)
+    yi, xi = G.coords(a, b, c0, c1, H, W, P0, P1, P2, P3, KIND)
+    qtok = (yi * W + xi).to(tl.int64)
+    offs_d = tl.arange(0, DP)
+    dmask = offs_d < d
+    qmask = qvalid[:, None] & dmask[None, :]
+    q = tl.load(Q + bt * sqb + hd * sqh + qtok[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
+    do = tl.load(DO + bt * sdb + hd * sdh + qtok[:, None] * sdn + offs_d[None, :], mask=qmask, other=0.0)
+    lse = tl.load(Lse + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
+    dl = tl.load(Delta + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
+    ka0, ka1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
+    kb0, kb1 = G.partner_range(b_lo, b_hi, LX, AP1, AX1)
+    KB = kb1 - kb0
+    total = (ka1 - ka0) * KB
+
+    dq = tl.zeros((BLOCK_M, DP), tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    for start in range(0, total, BLOCK_N):
+        j = start + offs_n
+        kvalid = j < total
+        yj, xj = G.coords(ka0 + j // KB, kb0 + j % KB, c0, c1, H, W, P0, P1, P2, P3, KIND)
+        ktok = (yj * W + xj).to(tl.int64)
+        kmask = kvalid[:, None] & dmask[None, :]
+        k = tl.load(K + bt * skb + hd * skh + ktok[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + bt * svb + hd * svh + ktok[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        p, vis, row = _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
+                             H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = tl.where(vis, p * (dp - dl[:, None]), 0.0)
+        if HAS_BIAS:
+            tl.atomic_add(DBias + row * heads + hd, ds, mask=vis)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+
+    tl.store(DQ + bt * sqgb + hd * sqgh + qtok[:, None] * sqgn + offs_d[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
+
+
+_dkdv = tuning.Launcher(dkdv_kernel)
+_dq = tuning.Launcher(dq_kernel, reset_to_zero=["DBias"])
+
+
+def _s3(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
+    """Kernel-contract entry (see `_library`): writes dq, dk, dv; adds into the zeroed `dbias`."""
+    B, h, N, d = q.shape
+    dp = max(16, G.next_pow2(d))
+    delta = torch.empty((B, h, N), dtype=torch.float32, device=q.device)
+    blk = 16 if tuning.interpreting() else 64
+    delta_kernel[(triton.cdiv(N, blk), h, B)](out, dout, delta, *_s3(out), *_s3(dout), h, N, d,
+                                               DP=dp, BLOCK=blk)
+    n_lat, (LYM, LXM), TX = G.lattice_plan(geom)
+    has_bias = bias is not None
+    consts = dict(KIND=geom.kind, HAS_BIAS=has_bias, DP=dp, PREC=tuning.dot_precision(q.dtype))
+    geo = (geom.H, geom.W, *geom.p, *geom.bias_hw)
+    bias_arg = bias if has_bias else lse
+    strides = (*_s3(q), *_s3(k), *_s3(v), *_s3(dout))
+
+    AX0, AX1 = G.kind_axes(geom.kind, backward=True)
+    AP0, AP1 = G.axis_params(geom, backward=True)
+    grid_k = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_N"]), h, B)  # noqa: E731
+    _dkdv(grid_k, dp, q, k, v, bias_arg, dout, lse, delta, dk, dv, *strides, *_s3(dk), *_s3(dv),
+          h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1, AX0=AX0, AX1=AX1, **consts)
+
+    AX0, AX1 = G.kind_axes(geom.kind, backward=False)
+    AP0, AP1 = G.axis_params(geom, backward=False)
+    grid_q = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, B)  # noqa: E731
+    _dq(grid_q, dp, q, k, v, bias_arg, dout, lse, delta, dq, dbias if has_bias else lse,
+        *strides, *_s3(dq), h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1,
+        AX0=AX0, AX1=AX1, **consts)
