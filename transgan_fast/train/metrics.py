@@ -64,9 +64,9 @@ def _sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, dirs: int, repeats: in
     for _ in range(repeats):
         proj = torch.randn(a.shape[1], dirs, generator=gen, dtype=a.dtype)
         proj /= proj.norm(dim=0, keepdim=True)
-        pa, _ = torch.sort(a @ proj, dim=0)  # (n, dirs)
-        pb, _ = torch.sort(b @ proj, dim=0)
-        total += (pa - pb).abs().mean().item()
+        pa = np.sort((a @ proj).numpy(), axis=0)  # (n, dirs); numpy's sort is ~3x torch's on CPU
+        pb = np.sort((b @ proj).numpy(), axis=0)
+        total += float(np.abs(pa - pb).mean())
     return total / repeats
 
 
