@@ -151,7 +151,8 @@ def resolve(op: str, backend: Optional[str], tensors: Sequence[Tuple[str, Option
         why = _why_not(cand, op, device, dtype)
         if why is None:
             key = (op, device.type, dtype, cand)
-            if key not in _logged:
+            # Logger calls cannot be traced by torch.compile; the eager path logs the choice.
+            if key not in _logged and not torch.compiler.is_compiling():
                 _logged.add(key)
                 log.info("transgan_fast: %s on %s/%s -> backend %r%s", op, device.type,
                          str(dtype).replace("torch.", ""), cand,
@@ -194,7 +195,16 @@ def backends() -> Dict[str, Dict[str, object]]:
     return out
 
 
+_backends_loaded = False
+
+
 def _load_backend_modules() -> None:
+    # Once only: besides saving time, this keeps the imports (and the ImportError of an absent
+    # backend module) out of code that torch.compile traces.
+    global _backends_loaded
+    if _backends_loaded:
+        return
+    _backends_loaded = True
     from . import _ref_kernels, _cpu  # noqa: F401  (registration side effects)
     try:
         from . import _cuda  # noqa: F401
