@@ -1,6 +1,6 @@
 """Tiny stand-ins with the TransGAN models' interface, for trainer tests.
 
-ToyG: `latent_dim`, `forward(z) -> (B, 3, R, R)`, `set_progress(p)`, `super_resolve(x_low)`.
+ToyG: `latent_dim`, `forward(z) -> (B, 3, R, R)`, `set_progress(p)`, `reconstruct(x)`.
 ToyD: `forward(x, augment=None) -> (B,)`, applying `augment` first, like the real D.
 """
 import torch
@@ -15,7 +15,6 @@ class ToyG(nn.Module):
         self.fc = nn.Linear(latent_dim, ch * (resolution // 2) ** 2)
         self.conv = nn.Conv2d(ch, 3, 3, padding=1)
         self.progress = 0.0
-        self.sr_input_size = resolution // 2
 
     def set_progress(self, progress):
         self.progress = float(progress)
@@ -28,8 +27,9 @@ class ToyG(nn.Module):
         h = self.fc(z).view(-1, self.ch, self.res // 2, self.res // 2)  # (B, ch, R/2, R/2)
         return self._decode(h)
 
-    def super_resolve(self, x_low):
-        return F.interpolate(x_low, scale_factor=2, mode="nearest") + self.conv.bias.view(1, 3, 1, 1)
+    def reconstruct(self, x):
+        low = F.avg_pool2d(x, 2)  # (B, 3, R/2, R/2)
+        return F.interpolate(low, scale_factor=2, mode="nearest") + self.conv.bias.view(1, 3, 1, 1)
 
 
 class ToyD(nn.Module):

@@ -200,7 +200,8 @@ def test_locality_and_sr_hooks():
     t = _trainer(locality=True, sr_weight=50.0)
     for _ in range(3):
         s = t.step()
-    assert t.G.progress == pytest.approx(2 * 4 / 32) and "G/sr" not in s
+    assert t.G.progress == pytest.approx(2 * 4 / 32) and t.ema.module.progress == t.G.progress
+    assert "G/sr" not in s  # G steps only every n_critic=4
     s0 = _trainer(sr_weight=50.0).step()
     assert s0["G/sr"] > 0
     with pytest.raises(ValueError, match="needs a CUDA device"):

@@ -60,8 +60,8 @@ class Trainer:
 
     Args:
         cfg: a resolved TrainConfig.
-        G, D: generator (`.latent_dim`, optional `.set_progress(p)`, optional
-            `.super_resolve(x_low)`) and discriminator (`D(x, augment=callable)`).
+        G, D: generator (`.latent_dim`, optional `.set_progress(p)`, and `.reconstruct(x)` for
+            the v1 super-resolution loss) and discriminator (`D(x, augment=callable)`).
         source: an image source from `data.open_source`.
         env: the data-parallel environment (single process by default).
     """
@@ -112,11 +112,12 @@ class Trainer:
         return z[self.env.rank * per:(self.env.rank + 1) * per]
 
     def _set_progress(self):
-        if self.cfg.locality:
-            for g in (self.G, self.ema.module):
-                if not hasattr(g, "set_progress"):
-                    raise ValueError("locality=True needs a generator with set_progress(progress)")
+        """Hand the training progress (epochs) to the generators' locality schedules, if any."""
+        for g in (self.G, self.ema.module):
+            if hasattr(g, "set_progress"):
                 g.set_progress(self.epoch)
+            elif self.cfg.locality:
+                raise ValueError("locality=True needs a generator with set_progress(progress)")
 
     def _optimizer_step(self, net, opt, scaler):
         all_reduce_grads(net.parameters(), self.env)
@@ -183,13 +184,11 @@ class Trainer:
         return stats
 
     def _sr_loss(self, real: torch.Tensor) -> torch.Tensor:
-        """v1 co-training: `MSE(G.super_resolve(x_low), x)`, x_low at G's `sr_input_size`."""
-        if not hasattr(self.G, "super_resolve"):
-            raise ValueError("sr_weight > 0 needs a generator with super_resolve(x_low) "
-                             "(the v1 presets)")
-        size = getattr(self.G, "sr_input_size", real.shape[-1] // 4)
-        x_low = F.interpolate(real, size=(size, size), mode="area")  # (B, 3, s, s)
-        return F.mse_loss(self.G.super_resolve(x_low).float(), real)
+        """v1 co-training: `MSE(G.reconstruct(x), x)`; G rebuilds x from its low-resolution version."""
+        if not hasattr(self.G, "reconstruct"):
+            raise ValueError("sr_weight > 0 needs a generator with reconstruct(x) (models built "
+                             "with sr_head=True)")
+        return F.mse_loss(self.G.reconstruct(real).float(), real)
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, ema: bool = True, batch: int = 64) -> torch.Tensor:

@@ -29,12 +29,25 @@ ModelFactory = Callable[[TrainConfig], Tuple[torch.nn.Module, torch.nn.Module]]
 
 
 def build_models(cfg: TrainConfig):
-    """`transgan_fast.models.build(preset, backend, **cfg.model)`."""
-    try:
-        from .. import models
-    except ImportError as exc:
-        raise ImportError(f"transgan_fast.models is not available ({exc}); pass model_factory") from exc
-    return models.build(cfg.preset, backend=cfg.backend, **cfg.model)
+    """`transgan_fast.models.build(preset, backend, **cfg.model)` on the training options.
+
+    `cfg.locality` adds the official CIFAR locality schedule when the preset has none;
+    `cfg.sr_weight > 0` builds the generator with its super-resolution head. JSON lists in
+    `cfg.model` become tuples (the model config's field types).
+    """
+    from .. import models
+    from ..ops import LocalitySchedule
+    over = {k: _tuples(v) for k, v in cfg.model.items()}
+    base = models.config(cfg.preset)
+    if cfg.locality and base.locality is None and "locality" not in over:
+        over["locality"] = LocalitySchedule.cifar()
+    if cfg.sr_weight > 0:
+        over.setdefault("sr_head", True)
+    return models.build(cfg.preset, backend=cfg.backend, **over)
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def describe(cfg: TrainConfig) -> str:
