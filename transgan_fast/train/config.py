@@ -1,0 +1,116 @@
+"""`TrainConfig`: every training option, with the released TransGAN values per preset.
+
+`resolve_config(preset, **overrides)` fills the options left as None from the preset's row of
+spec transgan.md §4 (batch sizes, n_critic, DiffAugment policy, EMA rule, resolution) and
+checks the result. The resolved config is what `options.json` and checkpoints store.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Optional
+
+from .augment import parse_policy
+from .losses import LOSSES
+
+__all__ = ["TrainConfig", "PRESET_TRAINING", "resolve_config"]
+
+# Released training settings (spec transgan.md §4); unnamed presets take the cifar10 row.
+# G batch is 2 x D batch in every row, so it is derived from `batch` unless given.
+PRESET_TRAINING: Dict[str, Dict[str, Any]] = {
+    "cifar10": dict(resolution=32, batch=64, n_critic=4,
+                    diffaug="translation,cutout,color", ema_rampup=0.1),
+    "stl10": dict(resolution=48, batch=32, n_critic=5,
+                  diffaug="translation,stl_erase_ratio,color", ema_rampup=0.05),
+    "celeba64": dict(resolution=64, batch=64, n_critic=4,
+                     diffaug="translation,cutout,color", ema_rampup=0.1, locality=True),
+    "celeba128": dict(resolution=128, batch=64, n_critic=4,
+                      diffaug="translation,erase_ratio,color", ema_rampup=0.1),
+    "church256": dict(resolution=256, batch=64, n_critic=4, accum_d=4, accum_g=8,
+                      diffaug="translation,erase_ratio,color", ema_beta=0.995),
+    "celebahq256": dict(resolution=256, batch=64, n_critic=4, accum_d=4, accum_g=4,
+                        diffaug="filter,translation,erase_ratio,color,hue", ema_beta=0.995),
+}
+
+
+@dataclass
+class TrainConfig:
+    """All options of a run. None means "from the preset" (see PRESET_TRAINING)."""
+    preset: str = "cifar10"
+    data: str = "shapes"
+    resolution: Optional[int] = None
+    kimg: float = 1000.0
+    batch: Optional[int] = None           # global D batch (real images per D step)
+    g_batch: Optional[int] = None         # global G batch (default 2 x batch)
+    n_critic: Optional[int] = None        # one G step every n_critic D steps, incl. step 0
+    accum_d: Optional[int] = None         # gradient-accumulation rounds per D / G step
+    accum_g: Optional[int] = None
+    loss: str = "wgangp-eps"
+    gp_weight: float = 10.0
+    drift: float = 1e-3
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    beta1: float = 0.0
+    beta2: float = 0.99
+    grad_clip: float = 5.0                # gradient-norm clip (0: off)
+    diffaug: Optional[str] = None         # "" disables augmentation
+    ema_kimg: float = 500.0               # EMA half-life in kimg
+    ema_rampup: Optional[float] = None    # half-life = min(ema_kimg, rampup * images seen)
+    ema_beta: Optional[float] = None      # constant beta instead of the half-life rule
+    locality: bool = False                # v1 locality-aware mask schedule (G.set_progress)
+    sr_weight: float = 0.0                # v1 super-resolution co-training weight (50 in v1)
+    sr_until_epoch: float = 110.0
+    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (GPU only for the last two)
+    device: str = "auto"                  # auto | cpu | cuda
+    backend: str = "auto"
+    model: Dict[str, Any] = field(default_factory=dict)  # overrides for models.build
+    seed: int = 0
+    flip: bool = True
+    shapes_n: int = 8192
+    tick_kimg: float = 4.0
+    snapshot_ticks: int = 10              # checkpoint + sample grid every this many ticks
+    keep_ckpt: int = 3
+    metrics: str = "swd"                  # comma list of swd, fid, is ('' for none)
+    metric_n: int = 2048                  # images per metric evaluation
+    inception_weights: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown options {unknown}")
+        return cls(**d)
+
+
+def resolve_config(cfg: Optional[TrainConfig] = None, **overrides) -> TrainConfig:
+    """Fill None options from the preset row and validate; returns a new TrainConfig."""
+    d = (cfg or TrainConfig()).to_dict()
+    d.update(overrides)
+    row = PRESET_TRAINING.get(d["preset"], PRESET_TRAINING["cifar10"])
+    for k, v in row.items():
+        if d.get(k) is None or (k == "locality" and not d[k]):
+            d[k] = v
+    for k, v in dict(batch=64, n_critic=4, accum_d=1, accum_g=1, diffaug="").items():
+        if d.get(k) is None:
+            d[k] = v
+    if d["g_batch"] is None:
+        d["g_batch"] = 2 * d["batch"]
+    c = TrainConfig.from_dict(d)
+    if c.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}; got {c.loss!r}")
+    if c.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16; got {c.precision!r}")
+    for k in ("batch", "g_batch", "n_critic", "accum_d", "accum_g", "resolution", "keep_ckpt",
+              "snapshot_ticks"):
+        if int(getattr(c, k)) < 1:
+            raise ValueError(f"{k} must be >= 1; got {getattr(c, k)}")
+    if c.batch % c.accum_d or c.g_batch % c.accum_g:
+        raise ValueError(f"batch={c.batch} must divide by accum_d={c.accum_d} and "
+                         f"g_batch={c.g_batch} by accum_g={c.accum_g}")
+    if c.kimg <= 0 or c.tick_kimg <= 0:
+        raise ValueError(f"kimg and tick_kimg must be > 0; got {c.kimg}, {c.tick_kimg}")
+    parse_policy(c.diffaug)
+    return c

@@ -1,0 +1,231 @@
+"""The training step: WGAN-GP (or hinge / NS) updates of D and G, EMA, and the trainer state.
+
+`Trainer` owns the networks, optimizers, EMA, data loader and every random stream; `step()` runs
+one D update and, every `n_critic` steps starting at step 0, one G update. `state_dict()` holds
+everything that changes, so `load_state_dict()` continues a run bit-exactly.
+
+Randomness: z, the penalty's α and the data flips are drawn for the whole global batch from a
+"shared" generator reseeded from (seed, step) — identical on every rank, each rank takes its
+slice — and DiffAugment draws from a generator reseeded from (seed, rank, step). Reseeding per
+step makes the streams independent of how a run was split by resumes.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .augment import DiffAugment
+from .checkpoint import capture_rng, restore_rng
+from .config import TrainConfig
+from .data import BatchLoader
+from .distributed import DistEnv, all_reduce_grads, broadcast_module, global_mean, split_batch
+from .ema import EMA
+from .losses import discriminator_loss, generator_loss
+
+__all__ = ["Trainer", "pick_precision"]
+
+CKPT_FORMAT = 1
+
+
+def pick_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for `precision` on `device` (None: float32, no autocast).
+
+    "auto" is bfloat16 on a CUDA device that supports it, else float32; CPU always runs float32.
+    """
+    if device.type != "cuda" or precision == "fp32":
+        if precision in ("bf16", "fp16") and device.type != "cuda":
+            raise ValueError(f"precision={precision!r} needs a CUDA device; this run is on "
+                             f"{device}. Use fp32 or auto.")
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _seed_of(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:  # FNV-style mix: distinct (seed, stream, step) give unrelated seeds
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+class Trainer:
+    """One TransGAN training run's state and step.
+
+    Args:
+        cfg: a resolved TrainConfig.
+        G, D: generator (`.latent_dim`, optional `.set_progress(p)`, and `.reconstruct(x)` for
+            the v1 super-resolution loss) and discriminator (`D(x, augment=callable)`).
+        source: an image source from `data.open_source`.
+        env: the data-parallel environment (single process by default).
+    """
+
+    def __init__(self, cfg: TrainConfig, G: torch.nn.Module, D: torch.nn.Module, source,
+                 env: Optional[DistEnv] = None):
+        self.cfg, self.env = cfg, env or DistEnv()
+        dev = self.env.device
+        self.G, self.D = G.to(dev).train(), D.to(dev).train()
+        broadcast_module(self.G, self.env)
+        broadcast_module(self.D, self.env)
+        self.batch_local = split_batch(cfg.batch, self.env.world_size, "batch")
+        self.g_batch_local = split_batch(cfg.g_batch, self.env.world_size, "g_batch")
+        for b, a, what in ((self.batch_local, cfg.accum_d, "accum_d"),
+                           (self.g_batch_local, cfg.accum_g, "accum_g")):
+            if b % a:
+                raise ValueError(f"{what}={a} must divide the per-rank batch {b}")
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.ema = EMA(self.G, cfg.ema_kimg, cfg.ema_rampup, cfg.ema_beta)
+        self.loader = BatchLoader(source, cfg.seed, cfg.flip, self.env.rank, self.env.world_size)
+        self.amp_dtype = pick_precision(cfg.precision, dev)
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.gen_shared = torch.Generator(device=dev)
+        self.gen_aug = torch.Generator(device=dev)
+        self.augment = DiffAugment(cfg.diffaug, self.gen_aug) if cfg.diffaug else None
+        self.step_idx, self.images_seen = 0, 0
+        self.last_stats: Dict[str, float] = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.amp_dtype)
+
+    @property
+    def epoch(self) -> float:
+        """Training progress in epochs of the dataset (the unit of TransGAN's schedules)."""
+        return self.images_seen / len(self.loader.source)
+
+    def _latents(self, global_n: int) -> torch.Tensor:
+        z = torch.randn(global_n, self.G.latent_dim, generator=self.gen_shared,
+                        device=self.env.device)
+        per = global_n // self.env.world_size
+        return z[self.env.rank * per:(self.env.rank + 1) * per]
+
+    def _set_progress(self):
+        """Hand the training progress (epochs) to the generators' locality schedules, if any."""
+        for g in (self.G, self.ema.module):
+            if hasattr(g, "set_progress"):
+                g.set_progress(self.epoch)
+            elif self.cfg.locality:
+                raise ValueError("locality=True needs a generator with set_progress(progress)")
+
+    def _optimizer_step(self, net, opt, scaler):
+        all_reduce_grads(net.parameters(), self.env)
+        scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip) \
+            if self.cfg.grad_clip > 0 else torch.tensor(float("nan"))
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ---- the step --------------------------------------------------------------------------
+    def step(self) -> Dict[str, float]:
+        """One D update (+ one G update when `step % n_critic == 0`); returns the stats."""
+        cfg, env = self.cfg, self.env
+        self.gen_shared.manual_seed(_seed_of(cfg.seed, 0, self.step_idx))
+        self.gen_aug.manual_seed(_seed_of(cfg.seed, 1 + env.rank, self.step_idx))
+        self._set_progress()
+        stats: Dict[str, float] = {}
+
+        # D step: real batch, fakes from fresh z, per-sample alpha for the penalty.
+        real = self.loader.next(cfg.batch, self.gen_shared, env.device)
+        z = self._latents(cfg.batch)
+        alpha = torch.rand(cfg.batch, generator=self.gen_shared, device=env.device)
+        per = cfg.batch // env.world_size
+        alpha = alpha[env.rank * per:(env.rank + 1) * per]
+        self.D.requires_grad_(True)
+        for r, zz, aa in zip(real.chunk(cfg.accum_d), z.chunk(cfg.accum_d), alpha.chunk(cfg.accum_d)):
+            with torch.no_grad(), self.autocast():
+                fake = self.G(zz)
+            with self.autocast():
+                loss, s = discriminator_loss(
+                    cfg.loss, self.D, r, fake.float(), self.augment, aa, cfg.gp_weight, cfg.drift,
+                    global_mean=lambda t: global_mean(t, env),
+                    grad_scale=self.scaler_d.get_scale() if self.scaler_d.is_enabled() else 1.0)
+            self.scaler_d.scale(loss / cfg.accum_d).backward()
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + v / cfg.accum_d
+        stats["D/grad_norm"] = self._optimizer_step(self.D, self.opt_d, self.scaler_d)
+
+        # G step every n_critic D steps, including step 0.
+        if self.step_idx % cfg.n_critic == 0:
+            self.D.requires_grad_(False)
+            zg = self._latents(cfg.g_batch)
+            sr_on = cfg.sr_weight > 0 and self.epoch < cfg.sr_until_epoch
+            reals = real.chunk(cfg.accum_g)
+            for i, zz in enumerate(zg.chunk(cfg.accum_g)):
+                with self.autocast():
+                    d_fake = self.D(self.G(zz), augment=self.augment)
+                    loss = generator_loss(cfg.loss, d_fake)
+                    stats["G/loss"] = stats.get("G/loss", 0.0) + loss.item() / cfg.accum_g
+                    if sr_on:
+                        sr = self._sr_loss(reals[i % len(reals)])
+                        loss = loss + cfg.sr_weight * sr
+                        stats["G/sr"] = stats.get("G/sr", 0.0) + sr.item() / cfg.accum_g
+                self.scaler_g.scale(loss / cfg.accum_g).backward()
+            stats["G/grad_norm"] = self._optimizer_step(self.G, self.opt_g, self.scaler_g)
+            stats["G/ema_beta"] = self.ema.update(self.G, cfg.g_batch, self.images_seen)
+            self.D.requires_grad_(True)
+
+        self.step_idx += 1
+        self.images_seen += cfg.batch
+        self.last_stats = stats
+        return stats
+
+    def _sr_loss(self, real: torch.Tensor) -> torch.Tensor:
+        """v1 co-training: `MSE(G.reconstruct(x), x)`; G rebuilds x from its low-resolution version."""
+        if not hasattr(self.G, "reconstruct"):
+            raise ValueError("sr_weight > 0 needs a generator with reconstruct(x) (models built "
+                             "with sr_head=True)")
+        return F.mse_loss(self.G.reconstruct(real).float(), real)
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, ema: bool = True, batch: int = 64) -> torch.Tensor:
+        """Images for latents `z` from the EMA (or raw) generator, clamped to [-1, 1], float32 CPU."""
+        g = self.ema.module if ema else self.G
+        out = []
+        for zz in z.split(batch):
+            with self.autocast():
+                out.append(g(zz.to(self.env.device)).float().clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything that changes during training (tensors and primitives only)."""
+        return {
+            "format": CKPT_FORMAT, "config": self.cfg.to_dict(),
+            "step": self.step_idx, "images_seen": self.images_seen, "epoch": self.epoch,
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.ema.module.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "sampler": self.loader.sampler.state_dict(), "rng": capture_rng(),
+        }
+
+    def load_state_dict(self, s: Dict[str, Any], restore_global_rng: bool = True) -> None:
+        """Continue from a `state_dict()` (weights, optimizers, counters, sampler, RNG states)."""
+        if s.get("format") != CKPT_FORMAT:
+            raise ValueError(f"Trainer.load_state_dict: checkpoint format {s.get('format')!r}; "
+                             f"expected {CKPT_FORMAT}")
+        self.G.load_state_dict(s["G"])
+        self.D.load_state_dict(s["D"])
+        self.ema.module.load_state_dict(s["G_ema"])
+        self.opt_g.load_state_dict(s["opt_g"])
+        self.opt_d.load_state_dict(s["opt_d"])
+        if s.get("scaler_g"):
+            self.scaler_g.load_state_dict(s["scaler_g"])
+            self.scaler_d.load_state_dict(s["scaler_d"])
+        self.loader.sampler.load_state_dict(s["sampler"])
+        self.step_idx, self.images_seen = int(s["step"]), int(s["images_seen"])
+        if restore_global_rng:
+            restore_rng(s["rng"])

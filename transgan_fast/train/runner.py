@@ -1,0 +1,225 @@
+"""`run_training`: a whole run from a TrainConfig — run dir, resume, ticks, snapshots, metrics.
+
+The loop is StyleGAN's: progress is counted in images; every `tick_kimg` a line and a stats
+record are written; every `snapshot_ticks` ticks (and at the end) a checkpoint, a fixed-z EMA
+sample grid and the metrics. Under torchrun every rank trains; rank 0 alone logs and writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ck
+from .config import TrainConfig
+from .data import open_source
+from .distributed import DistEnv, init_from_env, split_batch
+from .logging import RunLogger, make_run_dir, memory_mb, save_grid
+from .loop import Trainer
+from .metrics import fid_is, swd
+
+__all__ = ["run_training", "build_models", "RunResult", "describe"]
+
+ModelFactory = Callable[[TrainConfig], Tuple[torch.nn.Module, torch.nn.Module]]
+
+
+def build_models(cfg: TrainConfig):
+    """`transgan_fast.models.build(preset, backend, **cfg.model)` on the training options.
+
+    `cfg.locality` adds the official CIFAR locality schedule when the preset has none;
+    `cfg.sr_weight > 0` builds the generator with its super-resolution head. JSON lists in
+    `cfg.model` become tuples (the model config's field types).
+    """
+    from .. import models
+    from ..ops import LocalitySchedule
+    over = {k: _tuples(v) for k, v in cfg.model.items()}
+    base = models.config(cfg.preset)
+    if cfg.locality and base.locality is None and "locality" not in over:
+        over["locality"] = LocalitySchedule.cifar()
+    if cfg.sr_weight > 0:
+        over.setdefault("sr_head", True)
+    return models.build(cfg.preset, backend=cfg.backend, **over)
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def describe(cfg: TrainConfig) -> str:
+    """The run-directory suffix: preset, data name, batch."""
+    data = "shapes" if cfg.data == "shapes" else os.path.basename(os.path.normpath(cfg.data.split(":")[-1]))
+    return f"{cfg.preset}-{data}-b{cfg.batch}".replace(os.sep, "_")
+
+
+@dataclass
+class RunResult:
+    """What a finished (or planned) run reports."""
+    run_dir: Optional[str]
+    steps: int = 0
+    kimg: float = 0.0
+    seconds: float = 0.0
+    metrics: List[Dict[str, float]] = field(default_factory=list)  # one dict per evaluation
+    stats: List[Dict[str, float]] = field(default_factory=list)    # one dict per tick
+    resumed_from: Optional[str] = None
+
+
+def _find_resume(resume: Optional[str], outdir: str, cfg: TrainConfig):
+    """(run_dir, checkpoint path) to continue, or (None, None)."""
+    if not resume or resume == "none":
+        return None, None
+    if resume != "auto":
+        if os.path.isdir(resume):
+            path = ck.latest_checkpoint(resume)
+            if path is None:
+                raise FileNotFoundError(f"resume={resume!r}: no checkpoint in that run directory")
+            return resume, path
+        if not os.path.isfile(resume):
+            raise FileNotFoundError(f"resume={resume!r} is neither a run directory nor a checkpoint")
+        return os.path.dirname(os.path.abspath(resume)), resume
+    if not os.path.isdir(outdir):
+        return None, None
+    for name in sorted(os.listdir(outdir), reverse=True):  # newest run first
+        d = os.path.join(outdir, name)
+        if name.endswith("-" + describe(cfg)) and ck.latest_checkpoint(d):
+            return d, ck.latest_checkpoint(d)
+    return None, None
+
+
+def _share(obj, env: DistEnv):
+    if not env.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] = "auto",
+                 model_factory: Optional[ModelFactory] = None, dry_run: bool = False,
+                 progress: bool = True, max_seconds: Optional[float] = None,
+                 echo: bool = True) -> RunResult:
+    """Train per `cfg` (resolved) into a run directory under `outdir`; see the module docstring.
+
+    resume: "auto" (continue the newest run of the same preset/data/batch with a checkpoint),
+        a run directory or checkpoint path, or None for a fresh run.
+    max_seconds: stop (with a final snapshot) after this much wall time, even before `cfg.kimg`.
+    """
+    env = init_from_env(cfg.device)
+    split_batch(cfg.batch, env.world_size, "batch")
+    split_batch(cfg.g_batch, env.world_size, "g_batch")
+    source = open_source(cfg.data, cfg.resolution, cfg.seed, cfg.shapes_n)
+    G, D = (model_factory or build_models)(cfg)
+    run_dir, ckpt_path = _find_resume(resume, outdir, cfg)
+    n_params = (sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters()))
+    if dry_run:
+        plan = {"run_dir": run_dir or make_run_dir(outdir, describe(cfg), create=False),
+                "resume_from": ckpt_path, "world_size": env.world_size, "device": str(env.device),
+                "per_rank_batch": cfg.batch // env.world_size, "dataset": f"{cfg.data} "
+                f"({len(source)} images, {len(source.skipped)} skipped)",
+                "steps": int(cfg.kimg * 1000 // cfg.batch), "G_params": n_params[0],
+                "D_params": n_params[1], "options": cfg.to_dict()}
+        print(json.dumps(plan, indent=2))
+        return RunResult(run_dir=None)
+    if env.is_main and run_dir is None:
+        run_dir = make_run_dir(outdir, describe(cfg))
+    run_dir = _share(run_dir, env)
+    log = RunLogger(run_dir, enabled=env.is_main, echo=echo)
+    trainer = Trainer(cfg, G, D, source, env)
+    result = RunResult(run_dir=run_dir, resumed_from=ckpt_path)
+    if ckpt_path:
+        trainer.load_state_dict(ck.load_checkpoint(ckpt_path, map_location=env.device))
+        log.log(f"Resumed from {ckpt_path} at step {trainer.step_idx}, "
+                f"kimg {trainer.images_seen / 1000:.1f}")
+    else:
+        log.write_options(cfg.to_dict())
+    log.log(f"Run {run_dir}: G {n_params[0] / 1e6:.2f} M, D {n_params[1] / 1e6:.2f} M params; "
+            f"data {cfg.data}: {len(source)} images ({len(source.skipped)} unreadable skipped); "
+            f"world {env.world_size} on {env.device}; precision {trainer.amp_dtype or 'float32'}")
+    for name, why in source.skipped[:10]:
+        log.log(f"  skipped {name}: {why}")
+
+    z_fixed = torch.randn(64, G.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 123))
+    reals = source.get_many(list(range(min(cfg.metric_n, len(source))))).float() / 127.5 - 1
+    if env.is_main and not ckpt_path:
+        save_grid(reals[:64], os.path.join(run_dir, "reals.png"))
+
+    def snapshot(final: bool):
+        kimg = trainer.images_seen / 1000
+        if env.is_main:
+            ck.save_checkpoint(run_dir, trainer.state_dict(), trainer.step_idx, cfg.keep_ckpt)
+            save_grid(trainer.sample(z_fixed), os.path.join(run_dir, f"fakes{int(round(kimg * 1000)):09d}.png"))
+            values = evaluate(trainer, cfg, reals)
+            if values:
+                log.metric("quality", trainer.step_idx, kimg, values)
+                result.metrics.append({"kimg": kimg, **values})
+                log.log("  metrics: " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+
+    total = int(cfg.kimg * 1000)
+    bar = None
+    if progress and env.is_main:
+        from tqdm import tqdm
+        bar = log.bar = tqdm(total=total, initial=trainer.images_seen, unit="img", dynamic_ncols=True,
+                             leave=False)
+    t0 = tick_t = time.time()
+    tick_start, tick_idx, acc = trainer.images_seen, 0, {}
+    if not ckpt_path and env.is_main:
+        values = evaluate(trainer, cfg, reals)
+        if values:
+            log.metric("quality", 0, 0.0, values)
+            result.metrics.append({"kimg": 0.0, **values})
+            log.log("  initial metrics: " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    while trainer.images_seen < total:
+        s = trainer.step()
+        for k, v in s.items():
+            acc.setdefault(k, []).append(v)
+        if bar is not None:
+            bar.update(cfg.batch)
+        out_of_time = max_seconds is not None and time.time() - t0 >= max_seconds
+        out_of_time = bool(_share(out_of_time, env))
+        done = trainer.images_seen >= total or out_of_time
+        if trainer.images_seen - tick_start >= cfg.tick_kimg * 1000 or done:
+            now = time.time()
+            kimg = trainer.images_seen / 1000
+            rec = {k: sum(v) / len(v) for k, v in acc.items()}
+            rec["sec_per_kimg"] = (now - tick_t) / max((trainer.images_seen - tick_start) / 1000, 1e-9)
+            rec.update(memory_mb(env.device))
+            log.stats(trainer.step_idx, kimg, rec)
+            result.stats.append({"kimg": kimg, **rec})
+            log.log(f"tick {tick_idx:<4d} step {trainer.step_idx:<7d} kimg {kimg:<8.2f} "
+                    f"sec/kimg {rec['sec_per_kimg']:<7.2f} D {rec.get('D/loss', float('nan')):+.4f} "
+                    f"G {rec.get('G/loss', float('nan')):+.4f} "
+                    + " ".join(f"{k} {v:.0f}" for k, v in rec.items() if k.startswith("mem/")))
+            tick_idx += 1
+            tick_start, tick_t, acc = trainer.images_seen, now, {}
+            if done or tick_idx % cfg.snapshot_ticks == 0:
+                snapshot(done)
+        if done:
+            break
+    result.steps, result.kimg, result.seconds = trainer.step_idx, trainer.images_seen / 1000, time.time() - t0
+    log.log(f"Done: {result.steps} steps, {result.kimg:.2f} kimg in {result.seconds:.1f} s")
+    log.close()
+    return result
+
+
+def evaluate(trainer: Trainer, cfg: TrainConfig, reals: torch.Tensor) -> Dict[str, float]:
+    """The configured metrics (`cfg.metrics`) of EMA samples against `reals`."""
+    names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
+    if not names:
+        return {}
+    n = reals.shape[0]
+    z = torch.randn(n, trainer.G.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
+    fakes = trainer.sample(z)
+    out: Dict[str, float] = {}
+    if "swd" in names:
+        out.update(swd(reals, fakes))
+    if "fid" in names or "is" in names:
+        out.update(fid_is(fakes, reals, cfg.inception_weights, fid="fid" in names,
+                          isc="is" in names, device=str(trainer.env.device)))
+    unknown = set(names) - {"swd", "fid", "is"}
+    if unknown:
+        raise ValueError(f"metrics: unknown names {sorted(unknown)}; expected swd, fid, is")
+    return out
