@@ -1,14 +1,13 @@
 """Helpers for the CPU attention benchmarks: the peers (SDPA with a mask or dense bias,
 compiled FlexAttention with a cached block mask, NATTEN), parity checks and recording.
 
-Kept beside the lead's `conftest.py` helpers rather than inside them, so the benchmarks of this
-file run on their own; `record` stores the same extra_info keys (`gflops`, `threads`, ...).
+Parity checks and recording come from `benchmarks/conftest.py`.
 """
 from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 import torch
@@ -25,28 +24,8 @@ def cpu_unavailable() -> Optional[str]:
     return _dispatch._why_not("cpu", "attention", torch.device("cpu"), torch.float32)
 
 
-def check_parity(out: torch.Tensor, ref: torch.Tensor, tol: float = 1e-5, what: str = "output"):
-    """spec §4 tolerance (1e-5 forward, 1e-4 gradients) times max(1, max|ref|)."""
-    scale = max(1.0, ref.abs().max().item())
-    err = (out.double() - ref.double()).abs().max().item()
-    assert err == err and err <= tol * scale, f"{what}: parity error {err:.3e} > {tol * scale:.3e}"
-
-
-def record(benchmark, group: str, fn: Callable[[], object], flops: Optional[float] = None,
-           rounds: int = 5, **info) -> None:
-    """Time `fn` in `group` with THREADS threads; store useful GFLOP/s and extra info."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        benchmark.group = group
-        benchmark.extra_info.update(info)
-        benchmark.extra_info["threads"] = THREADS
-        fn()  # warm-up (compilation, allocator)
-        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
-    finally:
-        torch.set_num_threads(before)
-    if flops is not None:
-        benchmark.extra_info["gflops"] = round(flops / benchmark.stats.stats.mean / 1e9, 2)
+# Parity checks and recording are the shared ones (threads: TGF_BENCH_THREADS, default 2).
+from conftest import check_parity, record  # noqa: E402,F401
 
 
 def useful_flops(geom: AttnGeometry, B: int, heads: int, d: int) -> float:
