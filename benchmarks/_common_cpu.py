@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from transgan_fast.ops import _dispatch
 from transgan_fast.ops.geometry import AttnGeometry, bias_index, visibility
 
-THREADS = int(os.environ.get("TGF_BENCH_THREADS", "2"))
 
 
 def cpu_unavailable() -> Optional[str]:
