@@ -6,7 +6,6 @@ Parity checks and recording come from `benchmarks/conftest.py`.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import pytest
