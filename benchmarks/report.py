@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from typing import Dict, List
 
-OURS = ("cpu", "cuda", "triton")
+OURS = ("cpu", "cuda", "triton", "auto")
 
 
 def load(path: str) -> Dict[str, Dict[str, dict]]:
