@@ -70,7 +70,8 @@ def _time(benchmark, group, backend, model, fn, before_timing=None, **info):
     set_backend(model, backend)
     if before_timing is not None:
         before_timing()
-    out = benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=0).detach()
+    # One warm-up round: the first call of a backend pays one-off costs (thread pools, allocator).
+    out = benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1).detach()
     mean = benchmark.stats.stats.mean
     _times[(group, backend)] = mean
     if backend == "ref":
