@@ -170,24 +170,27 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
     dp = max(16, G.next_pow2(d))
     delta = torch.empty((B, h, N), dtype=torch.float32, device=q.device)
     blk = 16 if tuning.interpreting() else 64
-    delta_kernel[(triton.cdiv(N, blk), h, B)](out, dout, delta, *_s3(out), *_s3(dout), h, N, d,
-                                               DP=dp, BLOCK=blk)
+    tuning.launch(delta_kernel, (triton.cdiv(N, blk), h, B), out, dout, delta, *_s3(out), *_s3(dout),
+                  h, N, d, DP=dp, BLOCK=blk)
     n_lat, (LYM, LXM), TX = G.lattice_plan(geom)
     has_bias = bias is not None
     consts = dict(KIND=geom.kind, HAS_BIAS=has_bias, DP=dp, PREC=tuning.dot_precision(q.dtype))
     geo = (geom.H, geom.W, *geom.p, *geom.bias_hw)
-    bias_arg = bias if has_bias else lse
+    bias_arg = bias if has_bias else lse  # never read without bias
+    # Never written without bias either, but the autotuner zeroes it between trials: not `lse`.
+    dbias_arg = dbias if has_bias else torch.zeros(1, dtype=torch.float32, device=q.device)
+    elt = q.element_size()
     strides = (*_s3(q), *_s3(k), *_s3(v), *_s3(dout))
 
     AX0, AX1 = G.kind_axes(geom.kind, backward=True)
     AP0, AP1 = G.axis_params(geom, backward=True)
     grid_k = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_N"]), h, B)  # noqa: E731
-    _dkdv(grid_k, dp, q, k, v, bias_arg, dout, lse, delta, dk, dv, *strides, *_s3(dk), *_s3(dv),
+    _dkdv(grid_k, dp, elt, q, k, v, bias_arg, dout, lse, delta, dk, dv, *strides, *_s3(dk), *_s3(dv),
           h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1, AX0=AX0, AX1=AX1, **consts)
 
     AX0, AX1 = G.kind_axes(geom.kind, backward=False)
     AP0, AP1 = G.axis_params(geom, backward=False)
     grid_q = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, B)  # noqa: E731
-    _dq(grid_q, dp, q, k, v, bias_arg, dout, lse, delta, dq, dbias if has_bias else lse,
+    _dq(grid_q, dp, elt, q, k, v, bias_arg, dout, lse, delta, dq, dbias_arg,
         *strides, *_s3(dq), h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1,
         AX0=AX0, AX1=AX1, **consts)

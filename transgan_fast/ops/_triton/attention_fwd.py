@@ -4,6 +4,12 @@ One program per (query tile of a lattice, head, batch). The query tile's key rec
 the geometry (`_geom.partner_range`), so key tiles outside the window/neighbourhood are never
 visited; inside a tile the exact mask and relative-bias row are computed from token coordinates.
 Online softmax in float32; the natural-log `lse` is saved for the backward.
+
+Non-finite values: a NaN/Inf in `q`, `k` or the bias only reaches rows that see it, because masked
+logits are replaced before the softmax. A non-finite *value* would still reach every row of the tile
+through the `P @ V` product (0 * NaN = NaN), so a tile holding one takes an exact slow path
+(`_nonfinite_pv`): the finite part through the dot, the non-finite part counted per (row, channel)
+from the rows that actually see it. Finite inputs never take that branch.
 """
 from __future__ import annotations
 
@@ -12,6 +18,35 @@ import triton.language as tl
 
 from . import _geom as G
 from . import tuning
+
+
+@triton.jit
+def _has_nonfinite(v):
+    """True when the tile holds a NaN or an Inf (`x * 0` is NaN exactly for those)."""
+    z = tl.sum(tl.sum((v * 0).to(tl.float32), 1), 0)
+    return z != z
+
+
+@triton.jit
+def _nonfinite_pv(p, vis, v, PREC: tl.constexpr):
+    """`P @ V` for a value tile holding NaN/Inf, with the semantics of the dense product restricted
+    to visible pairs: a visible NaN, or an Inf with probability 0, gives NaN; +Inf and -Inf with
+    positive probability give +-Inf (both: NaN, as inf + -inf)."""
+    zero = tl.zeros_like(v)
+    one = zero + 1
+    is_nan = v != v
+    pos_inf = v == float("inf")
+    neg_inf = v == float("-inf")
+    clean = tl.where(is_nan | pos_inf | neg_inf, zero, v)
+    pv = tl.dot(p.to(v.dtype), clean, input_precision=PREC)
+    seen = vis.to(v.dtype)
+    live = (vis & (p > 0)).to(v.dtype)
+    dead = (vis & (p == 0)).to(v.dtype)
+    n_nan = tl.dot(seen, tl.where(is_nan, one, zero)) + tl.dot(dead, tl.where(pos_inf | neg_inf, one, zero))
+    pv += tl.where(n_nan > 0, float("nan"), 0.0)
+    pv += tl.where(tl.dot(live, tl.where(pos_inf, one, zero)) > 0, float("inf"), 0.0)
+    pv += tl.where(tl.dot(live, tl.where(neg_inf, one, zero)) > 0, float("-inf"), 0.0)
+    return pv
 
 
 @triton.jit
@@ -69,7 +104,10 @@ def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        if _has_nonfinite(v):  # rare: keep masked keys' NaN/Inf values out of other rows
+            pv = _nonfinite_pv(p, vis, v, PREC)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
 
     l_safe = tl.where(qvalid, l_i, 1.0)
@@ -93,7 +131,7 @@ def attn_fwd(q, k, v, bias, geom, scale, out, lse):
     AP0, AP1 = G.axis_params(geom, backward=False)
     has_bias = bias is not None
     grid = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, B)  # noqa: E731
-    _launcher(grid, dp,
+    _launcher(grid, dp, q.element_size(),
               q, k, v, bias if has_bias else q, out, lse,
               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),

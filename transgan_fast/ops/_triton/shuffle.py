@@ -63,8 +63,8 @@ def pixel_shuffle_seq(x, H, W, *rest):
     bt, bc = _blocks(Cq)
     spb = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
     grid = (triton.cdiv(4 * N, bt), triton.cdiv(Cq, bc), B)
-    shuffle_kernel[grid](x, pos if pos is not None else x, out, H, W, Cq, x.stride(0), x.stride(1),
-                         spb, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=bc)
+    tuning.launch(shuffle_kernel, grid, x, pos if pos is not None else x, out, H, W, Cq,
+                  x.stride(0), x.stride(1), spb, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=bc)
 
 
 def pixel_unshuffle_seq(g, H, W, out):
@@ -72,4 +72,5 @@ def pixel_unshuffle_seq(g, H, W, out):
     B, N4, Cq = g.shape
     bt, bc = _blocks(4 * Cq)
     grid = (triton.cdiv(N4 // 4, bt), triton.cdiv(4 * Cq, bc), B)
-    unshuffle_kernel[grid](g, out, H, W, Cq, g.stride(0), g.stride(1), BLOCK_T=bt, BLOCK_C=bc)
+    tuning.launch(unshuffle_kernel, grid, g, out, H, W, Cq, g.stride(0), g.stride(1),
+                  BLOCK_T=bt, BLOCK_C=bc)

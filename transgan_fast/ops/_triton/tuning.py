@@ -1,16 +1,23 @@
-"""Launch configurations: fixed defaults and the autotuning space for sm_80 / sm_90.
+"""Launch configurations and the launch itself: fixed defaults, the autotuning space for sm_80 /
+sm_90, shared-memory pruning, and `launch`, which goes through `torch.library.wrap_triton`.
 
-Autotuning (`triton.autotune`, keyed on the padded head dim and the geometry kind) runs on CUDA
-devices unless `TRANSGAN_FAST_TRITON_AUTOTUNE=0`; under the interpreter (`TRITON_INTERPRET=1`)
-it is always off and the small fixed default keeps tests fast.
+Autotuning (`triton.autotune`, keyed on the padded head dim, the geometry kind and bias; Triton adds
+the argument dtypes to the key) runs on CUDA devices unless `TRANSGAN_FAST_TRITON_AUTOTUNE=0`; under
+the interpreter (`TRITON_INTERPRET=1`) it is always off and a small fixed tile keeps tests fast.
+Every configuration computes the same sums in float32 (only the tile order changes), so the choice
+never moves results beyond spec §4 tolerances.
 """
 from __future__ import annotations
 
 import os
 
+import torch
 import triton
 
 AUTOTUNE_ENV = "TRANSGAN_FAST_TRITON_AUTOTUNE"
+
+# Shared memory one block may use, when the device cannot be asked: sm_80 (A100) opt-in limit.
+SM80_SMEM = 166912
 
 
 def interpreting() -> bool:
@@ -20,15 +27,6 @@ def interpreting() -> bool:
 def autotune_enabled() -> bool:
     """Autotune on a real GPU unless the environment switches it off."""
     return not interpreting() and os.environ.get(AUTOTUNE_ENV, "1") != "0"
-
-
-def default_config(dp: int) -> dict:
-    """Fixed launch parameters used when autotuning is off."""
-    if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
-    if dp >= 128:
-        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 
 
 def _cfg(bm, bn, warps, stages):
@@ -44,32 +42,86 @@ SM80_CONFIGS = [
 SM90_CONFIGS = SM80_CONFIGS + [
     _cfg(64, 64, 4, 4), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 3),
 ]
+# Fixed configurations when autotuning is off, best first; the first that fits is used.
+DEFAULT_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(64, 32, 4, 2), _cfg(32, 32, 4, 2), _cfg(32, 32, 4, 1),
+                   _cfg(16, 16, 2, 1)]
+INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+
+
+def device_capability() -> int:
+    """Major compute capability of the current CUDA device (8 when there is none)."""
+    try:
+        return torch.cuda.get_device_capability()[0]
+    except Exception:  # noqa: BLE001  (no device: tuning spaces are irrelevant, sm_80 is safe)
+        return 8
+
+
+def smem_limit() -> int:
+    """Bytes of shared memory one block may use on the current device."""
+    try:
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device())
+                   .shared_memory_per_block_optin)
+    except Exception:  # noqa: BLE001
+        return SM80_SMEM
+
+
+def smem_estimate(bm: int, bn: int, stages: int, dp: int, elt: int) -> int:
+    """Estimate of a kernel's shared memory: the two `rows x DP` operands streamed through the loop
+    (key and value in the forward and dQ pass, query and dO in the dK/dV pass; `rows` is the larger
+    tile side, since one space serves all three kernels), `stages` buffers each, plus a float32
+    `BLOCK_M x BLOCK_N` scratch for layout conversion. The resident tile and the probabilities stay
+    in registers as the first operand of the tensor-core dots."""
+    return 2 * max(stages, 1) * max(bm, bn) * dp * elt + 4 * bm * bn
+
+
+def fits(cfg, dp: int, elt: int, limit: int) -> bool:
+    return smem_estimate(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_stages, dp, elt) <= limit
 
 
 def configs_for_device() -> list:
     """The autotuning space for the current CUDA device's compute capability."""
-    try:
-        import torch
-        major, _ = torch.cuda.get_device_capability()
-    except Exception:  # noqa: BLE001  (no device: the space is irrelevant)
-        major = 8
-    return SM90_CONFIGS if major >= 9 else SM80_CONFIGS
+    return SM90_CONFIGS if device_capability() >= 9 else SM80_CONFIGS
 
 
-def prune_for_dp(configs, named_args, **kwargs):
-    """Drop tiles that would not fit in shared memory for large head dims."""
-    dp = named_args.get("DP", kwargs.get("DP", 64))
-    keep = [c for c in configs if not (dp >= 256 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64)
-            and not (dp >= 128 and c.kwargs["BLOCK_M"] >= 128 and c.kwargs["BLOCK_N"] >= 128)]
-    return keep or configs[:1]
+def prune_for_smem(configs, named_args, **kwargs):
+    """Drop configurations whose tiles would not fit in shared memory for this head dim and dtype
+    (float32 at head dim 128-256 rules out the large, deeply pipelined tiles on sm_80)."""
+    dp = kwargs.get("DP", named_args.get("DP", 64))
+    q = named_args.get("Q")
+    elt = q.element_size() if q is not None else 4
+    limit = smem_limit()
+    keep = [c for c in configs if fits(c, dp, elt, limit)]
+    return keep or [default_config(dp, elt)]
+
+
+def default_config(dp: int, elt: int):
+    """The fixed configuration used when autotuning is off: the largest default that fits."""
+    limit = smem_limit()
+    for cfg in DEFAULT_CONFIGS:
+        if fits(cfg, dp, elt, limit):
+            return cfg
+    return DEFAULT_CONFIGS[-1]
 
 
 def dot_precision(dtype) -> str:
     """float32 inputs: exact IEEE products under the interpreter, 3xTF32 on tensor cores."""
-    import torch
     if dtype != torch.float32 or interpreting():
         return "ieee"
     return "tf32x3"
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """`kernel[grid](*args, **kwargs)` through `torch.library.wrap_triton`: inside a `triton_op`,
+    torch.compile then traces the kernel itself; in eager mode it is a direct launch.
+
+    The interpreter cannot run on fake tensors (shape propagation, opcheck): there the launch is
+    skipped, which is all a fake kernel needs, exactly as `wrap_triton`'s own fake rule does on GPU.
+    """
+    if interpreting():
+        from torch._subclasses.fake_tensor import is_fake
+        if any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
+            return
+    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
 
 class Launcher:
@@ -80,14 +132,22 @@ class Launcher:
         self.reset_to_zero = reset_to_zero
         self._tuned = None
 
-    def __call__(self, grid, dp, *args, **consts):
+    def tuned(self):
+        if self._tuned is None:
+            self._tuned = triton.autotune(
+                configs=configs_for_device(), key=["DP", "KIND", "HAS_BIAS"],
+                reset_to_zero=self.reset_to_zero,
+                prune_configs_by={"early_config_prune": prune_for_smem})(self.kernel)
+        return self._tuned
+
+    def __call__(self, grid, dp: int, elt: int, *args, **consts):
+        """`grid(META)` -> launch grid; `dp` padded head dim; `elt` bytes per input element."""
         if autotune_enabled():
-            if self._tuned is None:
-                self._tuned = triton.autotune(
-                    configs=configs_for_device(), key=["DP", "KIND", "HAS_BIAS"],
-                    reset_to_zero=self.reset_to_zero,
-                    prune_configs_by={"early_config_prune": prune_for_dp})(self.kernel)
-            self._tuned[grid](*args, **consts)
+            launch(self.tuned(), grid, *args, **consts)
             return
-        cfg = default_config(dp)
-        self.kernel[grid(cfg)](*args, **consts, **cfg)
+        if interpreting():
+            cfg = dict(INTERPRETER_CONFIG)
+        else:
+            c = default_config(dp, elt)
+            cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+        launch(self.kernel, grid, *args, **consts, **cfg)
