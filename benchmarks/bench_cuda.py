@@ -5,8 +5,11 @@ Groups are named `<case>-<map>-d<d>-<fwd|fwdbwd>` like the CPU benchmarks (e.g.
 `grid-16x16-64x64-d64-fwd`), so `pytest benchmarks/ --benchmark-only` lists every implementation of
 a case together. Each implementation is first checked against the float32 reference on the same
 inputs, then timed with CUDA synchronisation; `extra_info` holds useful TFLOP/s, counting only
-attended pairs (`4 * B * heads * pairs * d` forward, 2.5x that for the backward).
-Every test skips with "no CUDA device" on machines without a GPU.
+attended pairs (`4 * B * heads * pairs * d` forward, 2.5x that for the backward), and that rate as
+a percentage of the device's dense float16 matrix-multiply rate measured in the same session
+(`pct_matmul`). The fused pixel shuffle (+ position add) is timed here too, cuda/triton/ref.
+Every test skips with "no CUDA device" on machines without a GPU: the Triton interpreter that runs
+the Triton kernels in the CPU test suite says nothing about speed.
 """
 from __future__ import annotations
 
@@ -128,18 +131,38 @@ def _check(fn, q, k, v, b, geom):
     assert err == err and err <= 2e-2 * max(1.0, ref.abs().max().item()), f"parity error {err:.3e}"
 
 
-def _record(benchmark, group, impl, fn, flops):
+@pytest.fixture(scope="session")
+def matmul_tflops() -> float:
+    """The device's measured dense float16 matmul rate (TFLOP/s), the denominator of `pct_matmul`."""
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=DTYPE) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    reps = 20
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2.0 * n ** 3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def _record(benchmark, group, impl, fn, flops, matmul_tflops):
     benchmark.group = group
     benchmark.extra_info["backend"] = impl
     fn()  # warm-up: compilation, autotuning, allocator
     benchmark.pedantic(fn, rounds=20, iterations=1, warmup_rounds=2)
-    benchmark.extra_info["tflops"] = round(flops / benchmark.stats.stats.mean / 1e12, 3)
-    benchmark.extra_info["gflops"] = round(flops / benchmark.stats.stats.mean / 1e9, 1)
+    tflops = flops / benchmark.stats.stats.mean / 1e12
+    benchmark.extra_info["tflops"] = round(tflops, 3)
+    benchmark.extra_info["gflops"] = round(tflops * 1e3, 1)
+    benchmark.extra_info["matmul_tflops"] = round(matmul_tflops, 1)
+    benchmark.extra_info["pct_matmul"] = round(100.0 * tflops / matmul_tflops, 2)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
-def test_attention_fwd(benchmark, case, impl):
+def test_attention_fwd(benchmark, case, impl, matmul_tflops):
     name, make, B, h, d, bias = case
     geom = make()
     fn = _impl(impl, geom, bias, B, h)
@@ -148,12 +171,12 @@ def test_attention_fwd(benchmark, case, impl):
         _check(fn, q, k, v, b, geom)
         pairs = int(visibility(geom, "cuda").sum())
         _record(benchmark, f"{name}-fwd", impl, _sync_timer(lambda: fn(q, k, v, b)),
-                4.0 * B * h * pairs * d)
+                4.0 * B * h * pairs * d, matmul_tflops)
 
 
 @pytest.mark.parametrize("impl", ["cuda", "triton", "ref", "sdpa", "flex"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
-def test_attention_fwdbwd(benchmark, case, impl):
+def test_attention_fwdbwd(benchmark, case, impl, matmul_tflops):
     name, make, B, h, d, bias = case
     geom = make()
     fn = _impl(impl, geom, bias, B, h)
@@ -165,4 +188,28 @@ def test_attention_fwdbwd(benchmark, case, impl):
         torch.autograd.grad(fn(q, k, v, b), leaves, g)
 
     pairs = int(visibility(geom, "cuda").sum())
-    _record(benchmark, f"{name}-fwdbwd", impl, _sync_timer(step), 3.5 * 4.0 * B * h * pairs * d)
+    _record(benchmark, f"{name}-fwdbwd", impl, _sync_timer(step), 3.5 * 4.0 * B * h * pairs * d,
+            matmul_tflops)
+
+
+@pytest.mark.parametrize("impl", ["cuda", "triton", "ref"])
+@pytest.mark.parametrize("B,H,W,C", [(32, 8, 8, 1024), (32, 16, 16, 256), (8, 64, 64, 64)],
+                         ids=lambda v: str(v))
+def test_pixel_shuffle_pos(benchmark, impl, B, H, W, C):
+    """Same shapes as the CPU group in bench_resample.py; memory-bound, so GB/s is reported."""
+    from transgan_fast.ops.resample import pixel_shuffle_seq, pixel_shuffle_seq_ref
+    why = _dispatch._why_not(impl, "pixel_shuffle_seq", torch.device("cuda"), DTYPE)
+    if why:
+        pytest.skip(why)
+    x = torch.randn(B, H * W, C, device="cuda", dtype=DTYPE)
+    pos = torch.randn(1, 4 * H * W, C // 4, device="cuda", dtype=DTYPE)
+    out = pixel_shuffle_seq(x, (H, W), pos, backend=impl)
+    ref = pixel_shuffle_seq_ref(x.float(), (H, W), pos.float())
+    torch.testing.assert_close(out.float(), ref, rtol=1e-3, atol=1e-3, msg=f"{impl}: parity")
+    benchmark.group = f"gpu-pixel_shuffle_seq+pos-{B}x{H}x{W}x{C}"
+    benchmark.extra_info["backend"] = impl
+    run = _sync_timer(lambda: pixel_shuffle_seq(x, (H, W), pos, backend=impl))
+    run()
+    benchmark.pedantic(run, rounds=50, iterations=1, warmup_rounds=2)
+    moved = (x.numel() * 2 + pos.numel()) * x.element_size()  # read x and pos, write the output
+    benchmark.extra_info["GB/s"] = round(moved / benchmark.stats.stats.mean / 1e9, 1)

@@ -6,7 +6,8 @@
 Each benchmark stores its implementation in `extra_info["backend"]`: this project's backends
 (`cpu`, `cuda`, `triton`), the reference (`ref`), or a peer (`sdpa`, `flex`, `natten`, ...).
 For every group the table gives each implementation's mean time, its speedup over the reference,
-and (for our backends) the speedup over the fastest peer measured in the same run.
+and (for our backends) the speedup over the fastest peer measured in the same run; GPU attention
+rows also give the useful rate as a percentage of the device's measured matmul rate.
 """
 from __future__ import annotations
 
@@ -41,18 +42,20 @@ def rows(groups: Dict[str, Dict[str, dict]]) -> List[dict]:
                 "vs_ref": (ref / v["mean"]) if ref else None,
                 "vs_best_peer": (best_peer / v["mean"]) if (best_peer and impl in OURS) else None,
                 "gflops": v.get("gflops"),
+                "pct_matmul": v.get("pct_matmul"),
             })
     return out
 
 
 def markdown(table: List[dict]) -> str:
     fmt = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731
-    lines = ["| case | implementation | mean (ms) | speedup vs ref | speedup vs fastest peer | GFLOP/s |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| case | implementation | mean (ms) | speedup vs ref | speedup vs fastest peer | GFLOP/s "
+             "| % of matmul |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in table:
         lines.append(f"| {r['group']} | {r['impl']} | {r['ms']:.3f} | {fmt(r['vs_ref'], '.2f')}× "
                      f"| {fmt(r['vs_best_peer'], '.2f')}{'×' if r['vs_best_peer'] else ''} "
-                     f"| {fmt(r['gflops'], '.1f')} |")
+                     f"| {fmt(r['gflops'], '.1f')} | {fmt(r['pct_matmul'], '.1f')} |")
     return "\n".join(lines).replace("—×", "—")
 
 

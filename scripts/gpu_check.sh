@@ -56,8 +56,8 @@ groups = defaultdict(dict)
 for b in data["benchmarks"]:
     impl = b.get("extra_info", {}).get("backend") or b.get("param") or b["name"]
     groups[b["group"] or b["name"]][impl] = (b["stats"]["mean"], b.get("extra_info", {}))
-print("| case | implementation | mean (ms) | vs ref | vs fastest peer | TFLOP/s |")
-print("|---|---|---:|---:|---:|---:|")
+print("| case | implementation | mean (ms) | vs ref | vs fastest peer | TFLOP/s | % of matmul |")
+print("|---|---|---:|---:|---:|---:|---:|")
 ours = ("cuda", "triton", "cpu")
 for g in sorted(groups):
     impls = groups[g]
@@ -68,7 +68,8 @@ for g in sorted(groups):
         vs_ref = f"{ref / mean:.2f}x" if ref else "-"
         vs_peer = f"{best / mean:.2f}x" if best and impl in ours else "-"
         tfl = info.get("tflops", "-")
-        print(f"| {g} | {impl} | {mean * 1e3:.3f} | {vs_ref} | {vs_peer} | {tfl} |")
+        pct = info.get("pct_matmul", "-")
+        print(f"| {g} | {impl} | {mean * 1e3:.3f} | {vs_ref} | {vs_peer} | {tfl} | {pct} |")
 PY
 echo "== parity tests: $([ $status -eq 0 ] && echo PASSED || echo FAILED)"
 exit $status

@@ -20,6 +20,9 @@ from transgan_fast.ops.geometry import grid_geometry, local_geometry, visibility
 from transgan_fast.ops.resample import (pixel_shuffle_seq, pixel_shuffle_seq_ref,
                                         pixel_unshuffle_seq, pixel_unshuffle_seq_ref)
 
+triton = pytest.importorskip("triton", reason="triton is not installed")
+from transgan_fast.ops._triton import tuning  # noqa: E402
+
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
 LOWP = [torch.float16, torch.bfloat16] if GPU else [torch.float16]
@@ -171,6 +174,37 @@ def test_nonfinite_inputs_reach_affected_rows_only(name):
     assert torch.equal(o1[:, 1] == float("inf"), vis[:, vp]), "+Inf value: wrong rows"
     assert torch.equal(o1[:, 2] == float("-inf"), vis[:, vn]), "-Inf value: wrong rows"
     assert torch.isfinite(o1[:, 3:]).all() and not o1[:, :3].isnan().any(-1)[~vis[:, vj]].any()
+
+
+_TILES = sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in tuning.SM90_CONFIGS})
+
+
+@pytest.mark.parametrize("name", ["grid-shift-partial", "band1d", "clip", "nbhd-dilated"])
+def test_every_tuning_tile_gives_the_same_result(name, monkeypatch):
+    """spec §4 / issue item 5: autotuning may pick any (BLOCK_M, BLOCK_N) of the sm_80/sm_90 spaces;
+    each changes how lattices are cut into tiles, never the result. Forward and all gradients."""
+    geom = _geom(name, dict(GEOMS)[name])
+    leaves = _qkv_bias(geom, 16, True, B=1, h=2)
+    for bm, bn in _TILES:
+        monkeypatch.setattr(tuning, "override", triton.Config({"BLOCK_M": bm, "BLOCK_N": bn},
+                                                              num_warps=4, num_stages=2))
+        _check(lambda q, k, v, b: attention(q, k, v, geom, b, backend="triton"),
+               lambda q, k, v, b: attention_ref(q, k, v, geom, b), leaves, torch.float32,
+               f"{name} BLOCK_M={bm} BLOCK_N={bn}")
+
+
+def test_shared_memory_pruning():
+    """Configurations that cannot fit are dropped (float32 at head dim 256 on sm_80), those that fit
+    are kept, and there is always one left."""
+    fits = lambda c, dp, elt: tuning.fits(c, dp, elt, tuning.SM80_SMEM)  # noqa: E731
+    assert all(fits(c, 64, 2) for c in tuning.SM80_CONFIGS)        # float16, d <= 64: everything
+    big = [c for c in tuning.SM80_CONFIGS if not fits(c, 256, 4)]
+    assert big and all(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64 for c in big)
+    for dp in (16, 32, 64, 128, 256):
+        for elt in (2, 4):
+            assert fits(tuning.default_config(dp, elt), dp, elt), (dp, elt)
+            kept = tuning.prune_for_smem(tuning.SM80_CONFIGS, {"DP": dp})
+            assert kept and all(fits(c, dp, 4) for c in kept)
 
 
 def test_second_order_through_reference():

@@ -15,6 +15,15 @@ Kernel contracts (every backend implements the same signatures):
 Second order (spec §3): when grad mode is on inside a backward (`create_graph=True`), the backward
 recomputes through the reference with autograd, so gradients of any order are exact; otherwise it
 runs the fused backward kernel.
+
+Two families of the same ops share one body each (`_attention_ops`, `_linear_pair`):
+- `transgan_fast::attn_fwd`, ...: `custom_op`s that run the kernel of the `backend` they are given
+  (`ref`, `cpu`, `cuda`); torch.compile treats them as opaque calls with fake kernels.
+- `transgan_fast::triton_attn_fwd`, ...: the Triton backend, registered with
+  `torch.library.triton_op`, whose kernels launch through `wrap_triton`, so torch.compile and
+  AOTAutograd trace into the Triton kernels themselves (spec §5). Under the Triton interpreter
+  (`TRITON_INTERPRET=1`, CPU tests), which cannot be traced, they are opaque `custom_op`s whose fake
+  kernel is the same body with launches skipped on fake tensors.
 """
 from __future__ import annotations
 
@@ -22,6 +31,8 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from types import SimpleNamespace
 
 from . import _dispatch
 from .geometry import AttnGeometry
@@ -62,12 +73,38 @@ def _dbias_buffer(bias: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros(bias.shape if bias is not None else (0,), dtype=dt, device=like.device)
 
 
-# ==============================================================================================
-# Attention on (B, h, N, d) tensors.
+def _triton_traced() -> bool:
+    """Register the Triton family with `triton_op` (False under the interpreter; see above)."""
+    import os
+    return os.environ.get("TRITON_INTERPRET", "0") != "1"
 
-@torch.library.custom_op("transgan_fast::attn_fwd", mutates_args=())
-def attn_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], geom: List[int],
-             scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+
+def _register(name: str, body, fake, traced: bool):
+    """Register `body` as the custom op `transgan_fast::<name>` (schema from its annotations).
+
+    traced=True (Triton family): a `triton_op` whose fake kernel is the body itself, or, under the
+    interpreter, an opaque custom op with the body as fake kernel (launches skip fake tensors).
+    """
+    qual = f"transgan_fast::{name}"
+    if traced and _triton_traced():
+        return torch.library.triton_op(qual, body, mutates_args=())
+    op = torch.library.custom_op(qual, body, mutates_args=())
+    op.register_fake(body if traced else fake)
+    return op
+
+
+# ==============================================================================================
+# Attention: `fwd`/`bwd` on (B, h, N, d) tensors, `qkv_fwd`/`qkv_bwd` on the packed projection
+# (B, N, 3*h*d) -> (B, N, h*d).
+
+def _split_qkv(qkv: Tensor, heads: int):
+    B, N, C3 = qkv.shape
+    d = C3 // (3 * heads)
+    return qkv.unflatten(2, (3, heads, d)).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
+
+
+def _attn_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], geom: List[int],
+              scale: float, backend: str) -> Tuple[Tensor, Tensor]:
     B, h, N, d = q.shape
     out = _empty((B, h, N, d), q.dtype, q.device)
     lse = _empty((B, h, N), torch.float32, q.device)
@@ -76,16 +113,14 @@ def attn_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], geom: List
     return out, lse
 
 
-@attn_fwd.register_fake
-def _(q, k, v, bias, geom, scale, backend):
+def _attn_fwd_fake(q, k, v, bias, geom, scale, backend):
     B, h, N, d = q.shape
     return q.new_empty((B, h, N, d)), q.new_empty((B, h, N), dtype=torch.float32)
 
 
-@torch.library.custom_op("transgan_fast::attn_bwd", mutates_args=())
-def attn_bwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor,
-             dout: Tensor, geom: List[int], scale: float,
-             backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _attn_bwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor,
+              dout: Tensor, geom: List[int], scale: float,
+              backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv = (_empty(q.shape, q.dtype, q.device) for _ in range(3))
     dbias = _dbias_buffer(bias, q)
     _k(backend, "attn_bwd")(_lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v), _bias32(bias, q),
@@ -94,36 +129,56 @@ def attn_bwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tenso
     return dq, dk, dv, dbias
 
 
-@attn_bwd.register_fake
-def _(q, k, v, bias, out, lse, dout, geom, scale, backend):
+def _attn_bwd_fake(q, k, v, bias, out, lse, dout, geom, scale, backend):
     nb = bias.shape if bias is not None else (0,)
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     return (q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(nb, dtype=dt))
 
 
-def _attn_setup(ctx, inputs, output):
-    q, k, v, bias, geom, scale, backend = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, bias, out, lse)
-    ctx.geom, ctx.scale, ctx.backend = geom, scale, backend
-    ctx.mark_non_differentiable(lse)
+def _attn_qkv_fwd(qkv: Tensor, bias: Optional[Tensor], heads: int, geom: List[int], scale: float,
+                  backend: str) -> Tuple[Tensor, Tensor]:
+    qkv = _lastdim_contig(qkv)
+    B, N, C3 = qkv.shape
+    d = C3 // (3 * heads)
+    q, k, v = _split_qkv(qkv, heads)
+    out = _empty((B, N, heads, d), qkv.dtype, qkv.device)
+    lse = _empty((B, heads, N), torch.float32, qkv.device)
+    _k(backend, "attn_fwd")(q, k, v, _bias32(bias, q), AttnGeometry.from_list(geom), scale,
+                            out.transpose(1, 2), lse)
+    return out.view(B, N, heads * d), lse
+
+
+def _attn_qkv_fwd_fake(qkv, bias, heads, geom, scale, backend):
+    B, N, C3 = qkv.shape
+    return qkv.new_empty((B, N, C3 // 3)), qkv.new_empty((B, heads, N), dtype=torch.float32)
+
+
+def _attn_qkv_bwd(qkv: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor, dout: Tensor,
+                  heads: int, geom: List[int], scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+    qkv = _lastdim_contig(qkv)
+    B, N, C3 = qkv.shape
+    d = C3 // (3 * heads)
+    q, k, v = _split_qkv(qkv, heads)
+    dqkv = _empty((B, N, C3), qkv.dtype, qkv.device)
+    dq, dk, dv = _split_qkv(dqkv, heads)
+    dbias = _dbias_buffer(bias, qkv)
+    as_heads = lambda t: t.reshape(B, N, heads, d).transpose(1, 2)  # noqa: E731  (B, h, N, d)
+    _k(backend, "attn_bwd")(q, k, v, _bias32(bias, q), as_heads(out.contiguous()), lse,
+                            as_heads(dout.contiguous()), AttnGeometry.from_list(geom), scale,
+                            dq, dk, dv, dbias if bias is not None else None)
+    return dqkv, dbias
+
+
+def _attn_qkv_bwd_fake(qkv, bias, out, lse, dout, heads, geom, scale, backend):
+    nb = bias.shape if bias is not None else (0,)
+    dt = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    return qkv.new_empty(qkv.shape), qkv.new_empty(nb, dtype=dt)
 
 
 def _double_backward_needed(*tensors) -> bool:
     """True inside a backward run with create_graph=True whose result must itself be
     differentiable; then the backward recomputes through the reference with autograd."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _attn_backward(ctx, dout, _dlse):
-    q, k, v, bias, out, lse = ctx.saved_tensors
-    if _double_backward_needed(q, k, v, bias, dout):
-        from .attention import attention_ref
-        geom = AttnGeometry.from_list(ctx.geom)
-        o = attention_ref(q, k, v, geom, bias, ctx.scale)
-        return (*_grads_through(o, (q, k, v, bias), dout), None, None, None)
-    dq, dk, dv, dbias = attn_bwd(q, k, v, bias, out, lse, dout, ctx.geom, ctx.scale, ctx.backend)
-    return dq, dk, dv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None
 
 
 def _grads_through(out, inputs, grad_out):
@@ -141,115 +196,114 @@ def _grads_through(out, inputs, grad_out):
     return res
 
 
-attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
+def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
+    """Register the four attention ops `<prefix>attn_fwd`, ... with their autograd."""
+    ops = SimpleNamespace(
+        fwd=_register(prefix + "attn_fwd", _attn_fwd, _attn_fwd_fake, traced),
+        bwd=_register(prefix + "attn_bwd", _attn_bwd, _attn_bwd_fake, traced),
+        qkv_fwd=_register(prefix + "attn_qkv_fwd", _attn_qkv_fwd, _attn_qkv_fwd_fake, traced),
+        qkv_bwd=_register(prefix + "attn_qkv_bwd", _attn_qkv_bwd, _attn_qkv_bwd_fake, traced))
+
+    def setup(ctx, inputs, output):
+        q, k, v, bias, geom, scale, backend = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.geom, ctx.scale, ctx.backend = geom, scale, backend
+        ctx.mark_non_differentiable(lse)
+
+    def backward(ctx, dout, _dlse):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        if _double_backward_needed(q, k, v, bias, dout):
+            from .attention import attention_ref
+            o = attention_ref(q, k, v, AttnGeometry.from_list(ctx.geom), bias, ctx.scale)
+            return (*_grads_through(o, (q, k, v, bias), dout), None, None, None)
+        dq, dk, dv, dbias = ops.bwd(q, k, v, bias, out, lse, dout, ctx.geom, ctx.scale, ctx.backend)
+        return dq, dk, dv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None
+
+    def qkv_setup(ctx, inputs, output):
+        qkv, bias, heads, geom, scale, backend = inputs
+        out, lse = output
+        ctx.save_for_backward(qkv, bias, out, lse)
+        ctx.heads, ctx.geom, ctx.scale, ctx.backend = heads, geom, scale, backend
+        ctx.mark_non_differentiable(lse)
+
+    def qkv_backward(ctx, dout, _dlse):
+        qkv, bias, out, lse = ctx.saved_tensors
+        if _double_backward_needed(qkv, bias, dout):
+            from .attention import attention_ref
+            B, N, C3 = qkv.shape
+            q, k, v = _split_qkv(qkv, ctx.heads)
+            o = attention_ref(q, k, v, AttnGeometry.from_list(ctx.geom), bias, ctx.scale)
+            o = o.transpose(1, 2).reshape(B, N, C3 // 3)
+            return (*_grads_through(o, (qkv, bias), dout), None, None, None, None)
+        dqkv, dbias = ops.qkv_bwd(qkv, bias, out, lse, dout, ctx.heads, ctx.geom, ctx.scale,
+                                  ctx.backend)
+        return dqkv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None, None
+
+    ops.fwd.register_autograd(backward, setup_context=setup)
+    ops.qkv_fwd.register_autograd(qkv_backward, setup_context=qkv_setup)
+    return ops
+
+
+def _triton_available() -> bool:
+    return _dispatch._triton_status()[0]
+
+
+def _declare_triton_kernels(ops: SimpleNamespace) -> None:
+    """Tell torch which Triton kernels each `triton_op` launches. torch finds them by reading the
+    op's source for `wrap_triton(kernel)` calls, which misses kernels launched through the backend
+    table; AOTAutograd's cache hashes their source, so an edited kernel must not hit a stale entry."""
+    if not _triton_traced():
+        return
+    from torch._library import triton as tl_lib
+    from ._triton import kernels
+    table = getattr(tl_lib, "triton_ops_to_kernels", None)
+    if table is None:
+        return
+    for op in vars(ops).values():
+        table[op._qualname] = kernels.ALL_KERNELS
+
+
+_ATTN = _attention_ops("", traced=False)
+_TRITON_ATTN = _attention_ops("triton_", traced=True) if _triton_available() else None
+attn_fwd, attn_bwd, attn_qkv_fwd, attn_qkv_bwd = _ATTN.fwd, _ATTN.bwd, _ATTN.qkv_fwd, _ATTN.qkv_bwd
+
+
+def _attn_family(backend: str) -> SimpleNamespace:
+    return _TRITON_ATTN if backend == "triton" else _ATTN
 
 
 def attention_fused(q, k, v, bias, geom: AttnGeometry, scale: float, backend: str):
-    return attn_fwd(q, k, v, bias, geom.as_list(), scale, backend)[0]
-
-
-# ==============================================================================================
-# Attention on the packed projection (B, N, 3*h*d) -> (B, N, h*d).
-
-def _split_qkv(qkv: Tensor, heads: int):
-    B, N, C3 = qkv.shape
-    d = C3 // (3 * heads)
-    return qkv.unflatten(2, (3, heads, d)).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
-
-
-@torch.library.custom_op("transgan_fast::attn_qkv_fwd", mutates_args=())
-def attn_qkv_fwd(qkv: Tensor, bias: Optional[Tensor], heads: int, geom: List[int], scale: float,
-                 backend: str) -> Tuple[Tensor, Tensor]:
-    qkv = _lastdim_contig(qkv)
-    B, N, C3 = qkv.shape
-    d = C3 // (3 * heads)
-    q, k, v = _split_qkv(qkv, heads)
-    out = _empty((B, N, heads, d), qkv.dtype, qkv.device)
-    lse = _empty((B, heads, N), torch.float32, qkv.device)
-    _k(backend, "attn_fwd")(q, k, v, _bias32(bias, q), AttnGeometry.from_list(geom), scale,
-                            out.transpose(1, 2), lse)
-    return out.view(B, N, heads * d), lse
-
-
-@attn_qkv_fwd.register_fake
-def _(qkv, bias, heads, geom, scale, backend):
-    B, N, C3 = qkv.shape
-    return qkv.new_empty((B, N, C3 // 3)), qkv.new_empty((B, heads, N), dtype=torch.float32)
-
-
-@torch.library.custom_op("transgan_fast::attn_qkv_bwd", mutates_args=())
-def attn_qkv_bwd(qkv: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor, dout: Tensor,
-                 heads: int, geom: List[int], scale: float, backend: str) -> Tuple[Tensor, Tensor]:
-    qkv = _lastdim_contig(qkv)
-    B, N, C3 = qkv.shape
-    d = C3 // (3 * heads)
-    q, k, v = _split_qkv(qkv, heads)
-    dqkv = _empty((B, N, C3), qkv.dtype, qkv.device)
-    dq, dk, dv = _split_qkv(dqkv, heads)
-    dbias = _dbias_buffer(bias, qkv)
-    as_heads = lambda t: t.reshape(B, N, heads, d).transpose(1, 2)  # noqa: E731  (B, h, N, d)
-    _k(backend, "attn_bwd")(q, k, v, _bias32(bias, q), as_heads(out.contiguous()), lse,
-                            as_heads(dout.contiguous()), AttnGeometry.from_list(geom), scale,
-                            dq, dk, dv, dbias if bias is not None else None)
-    return dqkv, dbias
-
-
-@attn_qkv_bwd.register_fake
-def _(qkv, bias, out, lse, dout, heads, geom, scale, backend):
-    nb = bias.shape if bias is not None else (0,)
-    dt = torch.float64 if qkv.dtype == torch.float64 else torch.float32
-    return qkv.new_empty(qkv.shape), qkv.new_empty(nb, dtype=dt)
-
-
-def _attn_qkv_setup(ctx, inputs, output):
-    qkv, bias, heads, geom, scale, backend = inputs
-    out, lse = output
-    ctx.save_for_backward(qkv, bias, out, lse)
-    ctx.heads, ctx.geom, ctx.scale, ctx.backend = heads, geom, scale, backend
-    ctx.mark_non_differentiable(lse)
-
-
-def _attn_qkv_backward(ctx, dout, _dlse):
-    qkv, bias, out, lse = ctx.saved_tensors
-    if _double_backward_needed(qkv, bias, dout):
-        from .attention import attention_ref
-        B, N, C3 = qkv.shape
-        q, k, v = _split_qkv(qkv, ctx.heads)
-        o = attention_ref(q, k, v, AttnGeometry.from_list(ctx.geom), bias, ctx.scale)
-        o = o.transpose(1, 2).reshape(B, N, C3 // 3)
-        return (*_grads_through(o, (qkv, bias), dout), None, None, None, None)
-    dqkv, dbias = attn_qkv_bwd(qkv, bias, out, lse, dout, ctx.heads, ctx.geom, ctx.scale, ctx.backend)
-    return dqkv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None, None
-
-
-attn_qkv_fwd.register_autograd(_attn_qkv_backward, setup_context=_attn_qkv_setup)
+    return _attn_family(backend).fwd(q, k, v, bias, geom.as_list(), scale, backend)[0]
 
 
 def attention_qkv_fused(qkv, bias, heads: int, geom: AttnGeometry, scale: float, backend: str):
-    return attn_qkv_fwd(qkv, bias, heads, geom.as_list(), scale, backend)[0]
+    return _attn_family(backend).qkv_fwd(qkv, bias, heads, geom.as_list(), scale, backend)[0]
 
 
 # ==============================================================================================
 # Linear resampling ops: each op's backward is its adjoint op (and vice versa).
 
-def _linear_pair(name: str, adj_name: str, fwd_shape, adj_shape):
-    """Register `name` and its adjoint `adj_name` as custom ops `(x, H, W, backend)`; H, W are the
-    low-resolution map for shuffle/bicubic pairs and the high-resolution one for pooling."""
+def _linear_pair(name: str, adj_name: str, fwd_shape, adj_shape, prefix: str = "",
+                 traced: bool = False):
+    """Register `<prefix><name>` and its adjoint `<prefix><adj_name>` as custom ops
+    `(x, H, W, backend)` running the backend kernels `name` / `adj_name`; H, W are the low-resolution
+    map for shuffle/bicubic pairs and the high-resolution one for pooling."""
 
-    @torch.library.custom_op(f"transgan_fast::{name}", mutates_args=())
-    def fwd(x: Tensor, H: int, W: int, backend: str) -> Tensor:
+    def fwd_body(x: Tensor, H: int, W: int, backend: str) -> Tensor:
         out = _empty(fwd_shape(x.shape, H, W), x.dtype, x.device)
         _k(backend, name)(x.contiguous(), H, W, out)
         return out
 
-    @torch.library.custom_op(f"transgan_fast::{adj_name}", mutates_args=())
-    def adj(g: Tensor, H: int, W: int, backend: str) -> Tensor:
+    def adj_body(g: Tensor, H: int, W: int, backend: str) -> Tensor:
         out = _empty(adj_shape(g.shape, H, W), g.dtype, g.device)
         _k(backend, adj_name)(g.contiguous(), H, W, out)
         return out
 
-    fwd.register_fake(lambda x, H, W, backend: x.new_empty(fwd_shape(x.shape, H, W)))
-    adj.register_fake(lambda g, H, W, backend: g.new_empty(adj_shape(g.shape, H, W)))
+    fwd = _register(prefix + name, fwd_body,
+                    lambda x, H, W, backend: x.new_empty(fwd_shape(x.shape, H, W)), traced)
+    adj = _register(prefix + adj_name, adj_body,
+                    lambda g, H, W, backend: g.new_empty(adj_shape(g.shape, H, W)), traced)
 
     def setup(ctx, inputs, output):
         ctx.H, ctx.W, ctx.backend = inputs[1], inputs[2], inputs[3]
@@ -261,10 +315,14 @@ def _linear_pair(name: str, adj_name: str, fwd_shape, adj_shape):
     return fwd, adj
 
 
-# pixel shuffle: (B, HW, C) -> (B, 4HW, C/4); H, W = low-res map.
-_ps, _pu = _linear_pair("pixel_shuffle_seq", "pixel_unshuffle_seq",
-                        lambda s, H, W: (s[0], 4 * s[1], s[2] // 4),
-                        lambda s, H, W: (s[0], s[1] // 4, 4 * s[2]))
+def _shuffle_shape(s, H, W):  # (B, HW, C) -> (B, 4HW, C/4); H, W = low-res map
+    return (s[0], 4 * s[1], s[2] // 4)
+
+
+def _unshuffle_shape(s, H, W):
+    return (s[0], s[1] // 4, 4 * s[2])
+
+
 # bicubic: (B, HW, C) -> (B, 4HW, C); H, W = low-res map.
 _bic, _bic_adj = _linear_pair("bicubic_upsample_seq", "bicubic_upsample_seq_adjoint",
                               lambda s, H, W: (s[0], 4 * s[1], s[2]),
@@ -275,36 +333,52 @@ _pool, _pool_adj = _linear_pair("avg_pool_seq", "avg_pool_seq_adjoint",
                                 lambda s, H, W: (s[0], 4 * s[1], s[2]))
 
 
-@torch.library.custom_op("transgan_fast::pixel_shuffle_seq_pos", mutates_args=())
-def _ps_pos(x: Tensor, H: int, W: int, pos: Tensor, backend: str) -> Tensor:
-    B, N, C = x.shape
-    out = _empty((B, 4 * N, C // 4), x.dtype, x.device)
-    _k(backend, "pixel_shuffle_seq")(x.contiguous(), H, W, pos.contiguous(), out)
-    return out
+def _shuffle_ops(prefix: str, traced: bool) -> SimpleNamespace:
+    """Pixel shuffle, its adjoint, and shuffle + position-embedding add."""
+    ps, pu = _linear_pair("pixel_shuffle_seq", "pixel_unshuffle_seq", _shuffle_shape,
+                          _unshuffle_shape, prefix, traced)
+
+    def pos_body(x: Tensor, H: int, W: int, pos: Tensor, backend: str) -> Tensor:
+        B, N, C = x.shape
+        out = _empty((B, 4 * N, C // 4), x.dtype, x.device)
+        _k(backend, "pixel_shuffle_seq")(x.contiguous(), H, W, pos.contiguous(), out)
+        return out
+
+    ps_pos = _register(prefix + "pixel_shuffle_seq_pos", pos_body,
+                       lambda x, H, W, pos, backend: x.new_empty(_shuffle_shape(x.shape, H, W)),
+                       traced)
+
+    def setup(ctx, inputs, output):
+        ctx.H, ctx.W, ctx.backend = inputs[1], inputs[2], inputs[4]
+        ctx.pos_batch = inputs[3].shape[0]
+
+    def backward(ctx, g):
+        gpos = g.sum(0, keepdim=True) if ctx.pos_batch == 1 else g
+        return pu(g, ctx.H, ctx.W, ctx.backend), None, None, gpos, None
+
+    ps_pos.register_autograd(backward, setup_context=setup)
+    return SimpleNamespace(ps=ps, pu=pu, ps_pos=ps_pos)
 
 
-_ps_pos.register_fake(lambda x, H, W, pos, backend: x.new_empty((x.shape[0], 4 * x.shape[1], x.shape[2] // 4)))
+_SHUFFLE = _shuffle_ops("", traced=False)
+_TRITON_SHUFFLE = _shuffle_ops("triton_", traced=True) if _triton_available() else None
+if _triton_available():
+    _declare_triton_kernels(_TRITON_ATTN)
+    _declare_triton_kernels(_TRITON_SHUFFLE)
+_ps, _pu, _ps_pos = _SHUFFLE.ps, _SHUFFLE.pu, _SHUFFLE.ps_pos
 
 
-def _ps_pos_setup(ctx, inputs, output):
-    ctx.H, ctx.W, ctx.backend = inputs[1], inputs[2], inputs[4]
-    ctx.pos_batch = inputs[3].shape[0]
-
-
-def _ps_pos_backward(ctx, g):
-    gpos = g.sum(0, keepdim=True) if ctx.pos_batch == 1 else g
-    return _pu(g, ctx.H, ctx.W, ctx.backend), None, None, gpos, None
-
-
-_ps_pos.register_autograd(_ps_pos_backward, setup_context=_ps_pos_setup)
+def _shuffle_family(backend: str) -> SimpleNamespace:
+    return _TRITON_SHUFFLE if backend == "triton" else _SHUFFLE
 
 
 def pixel_shuffle_seq_op(x, H, W, pos, backend):
-    return _ps(x, H, W, backend) if pos is None else _ps_pos(x, H, W, pos, backend)
+    ops = _shuffle_family(backend)
+    return ops.ps(x, H, W, backend) if pos is None else ops.ps_pos(x, H, W, pos, backend)
 
 
 def pixel_unshuffle_seq_op(x, H, W, backend):
-    return _pu(x, H, W, backend)
+    return _shuffle_family(backend).pu(x, H, W, backend)
 
 
 def bicubic_upsample_seq_op(x, H, W, backend):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..geometry import BAND, CLIP, GRID, NBHD, AttnGeometry
+from ..geometry import BAND, CLIP, GRID, AttnGeometry
 
 
 @triton.jit

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from .._dispatch import register_kernel
-from .attention_fwd import attn_fwd
+from .attention_bwd import attn_bwd, delta_kernel, dkdv_kernel, dq_kernel
+from .attention_fwd import attn_fwd, attn_fwd_kernel
+from .shuffle import pixel_shuffle_seq, pixel_unshuffle_seq, shuffle_kernel, unshuffle_kernel
 
 register_kernel("triton", "attn_fwd")(attn_fwd)
-from .attention_bwd import attn_bwd  # noqa: E402
-
 register_kernel("triton", "attn_bwd")(attn_bwd)
-from .shuffle import pixel_shuffle_seq, pixel_unshuffle_seq  # noqa: E402
-
 register_kernel("triton", "pixel_shuffle_seq")(pixel_shuffle_seq)
 register_kernel("triton", "pixel_unshuffle_seq")(pixel_unshuffle_seq)
+
+# Every @triton.jit kernel of the backend (for torch's AOTAutograd cache key; see `_library`).
+ALL_KERNELS = [attn_fwd_kernel, delta_kernel, dkdv_kernel, dq_kernel, shuffle_kernel, unshuffle_kernel]

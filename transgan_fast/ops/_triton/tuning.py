@@ -47,6 +47,11 @@ DEFAULT_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(64, 32, 4, 2), _cfg(32, 32, 4, 2), _
                    _cfg(16, 16, 2, 1)]
 INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
 
+# A `triton.Config` that every attention launch uses instead of autotuning or the defaults, when
+# set: for tests (every tile shape of the tuning space must give the same results) and for
+# reproducing one configuration's behaviour. `None` in normal use.
+override = None
+
 
 def device_capability() -> int:
     """Major compute capability of the current CUDA device (8 when there is none)."""
@@ -142,6 +147,10 @@ class Launcher:
 
     def __call__(self, grid, dp: int, elt: int, *args, **consts):
         """`grid(META)` -> launch grid; `dp` padded head dim; `elt` bytes per input element."""
+        if override is not None:
+            cfg = dict(override.kwargs, num_warps=override.num_warps, num_stages=override.num_stages)
+            launch(self.kernel, grid, *args, **consts, **cfg)
+            return
         if autotune_enabled():
             launch(self.tuned(), grid, *args, **consts)
             return
