@@ -7,9 +7,10 @@ Online softmax in float32; the natural-log `lse` is saved for the backward.
 
 Non-finite values: a NaN/Inf in `q`, `k` or the bias only reaches rows that see it, because masked
 logits are replaced before the softmax. A non-finite *value* would still reach every row of the tile
-through the `P @ V` product (0 * NaN = NaN), so a tile holding one takes an exact slow path
-(`_nonfinite_pv`): the finite part through the dot, the non-finite part counted per (row, channel)
-from the rows that actually see it. Finite inputs never take that branch.
+through the `P @ V` product (0 * NaN = NaN). So the fast pass (`_attend`) also sums `v * 0` over its
+value tiles (NaN exactly when one held a NaN/Inf); a program that saw one redoes its query tile with
+`_nonfinite_pv`, which counts non-finite values per (row, channel) from the rows that see them. The
+exact pass is a separate loop, so it costs finite inputs nothing but that running sum.
 """
 from __future__ import annotations
 
@@ -21,32 +22,63 @@ from . import tuning
 
 
 @triton.jit
-def _has_nonfinite(v):
-    """True when the tile holds a NaN or an Inf (`x * 0` is NaN exactly for those)."""
-    z = tl.sum(tl.sum((v * 0).to(tl.float32), 1), 0)
-    return z != z
+def _nonfinite_pv(p, vis, v, PREC: tl.constexpr):
+    """`P @ V` for a value tile holding NaN/Inf, restricted to visible pairs: a visible NaN value
+    gives NaN, visible +Inf / -Inf give +Inf / -Inf (both: NaN, as inf + -inf)."""
+    zero = tl.zeros_like(v)
+    bad = (v * 0) != 0  # NaN or Inf
+    pv = tl.dot(p.to(v.dtype), tl.where(bad, zero, v), input_precision=PREC)
+    seen = vis.to(v.dtype)
+    pv += tl.where(tl.dot(seen, tl.where(v != v, zero + 1, zero)) > 0, float("nan"), 0.0)
+    pv += tl.where(tl.dot(seen, tl.where(v == float("inf"), zero + 1, zero)) > 0, float("inf"), 0.0)
+    pv += tl.where(tl.dot(seen, tl.where(v == float("-inf"), zero + 1, zero)) > 0, float("-inf"), 0.0)
+    return pv
 
 
 @triton.jit
-def _nonfinite_pv(p, vis, v, PREC: tl.constexpr):
-    """`P @ V` for a value tile holding NaN/Inf, with the semantics of the dense product restricted
-    to visible pairs: a visible NaN, or an Inf with probability 0, gives NaN; +Inf and -Inf with
-    positive probability give +-Inf (both: NaN, as inf + -inf)."""
-    zero = tl.zeros_like(v)
-    one = zero + 1
-    is_nan = v != v
-    pos_inf = v == float("inf")
-    neg_inf = v == float("-inf")
-    clean = tl.where(is_nan | pos_inf | neg_inf, zero, v)
-    pv = tl.dot(p.to(v.dtype), clean, input_precision=PREC)
-    seen = vis.to(v.dtype)
-    live = (vis & (p > 0)).to(v.dtype)
-    dead = (vis & (p == 0)).to(v.dtype)
-    n_nan = tl.dot(seen, tl.where(is_nan, one, zero)) + tl.dot(dead, tl.where(pos_inf | neg_inf, one, zero))
-    pv += tl.where(n_nan > 0, float("nan"), 0.0)
-    pv += tl.where(tl.dot(live, tl.where(pos_inf, one, zero)) > 0, float("inf"), 0.0)
-    pv += tl.where(tl.dot(live, tl.where(neg_inf, one, zero)) > 0, float("-inf"), 0.0)
-    return pv
+def _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale, ka0, kb0, KB, total, c0, c1,
+            dmask, H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr, HAS_BIAS: tl.constexpr,
+            DP: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            EXACT: tl.constexpr):
+    """Online softmax of a query tile over its key rectangle: (row max, row sum, unnormalised
+    output, whether a value tile held NaN/Inf). EXACT routes every value tile through
+    `_nonfinite_pv`; the fast pass only notes that one was seen, so its loop stays lean."""
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, DP), tl.float32)
+    bad = tl.sum(tl.zeros((BLOCK_M,), tl.float32), 0)  # sums v * 0: NaN once a NaN/Inf is seen
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, DP)
+    for start in range(0, total, BLOCK_N):
+        j = start + offs_n
+        kvalid = j < total
+        yj, xj = G.coords(ka0 + j // KB, kb0 + j % KB, c0, c1, H, W, P0, P1, P2, P3, KIND)
+        ktok = (yj * W + xj).to(tl.int64)
+        kmask = kvalid[:, None] & dmask[None, :]
+        k = tl.load(Kb + ktok[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(Vb + ktok[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # (BLOCK_M, BLOCK_N) f32
+        vis = G.visible(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
+                        H, W, P0, P1, P2, P3, KIND)
+        vis = vis & qvalid[:, None] & kvalid[None, :]
+        if HAS_BIAS:
+            row = G.bias_row(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
+                             H, W, P0, P1, P2, P3, B1, B2, KIND)
+            s += tl.load(Bias + row * heads + hd, mask=vis, other=0.0)
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if EXACT:
+            pv = _nonfinite_pv(p, vis, v, PREC)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            bad += tl.sum(tl.sum((v * 0).to(tl.float32), 1), 0)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    return m_i, l_i, acc, bad != bad
 
 
 @triton.jit
@@ -76,39 +108,17 @@ def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
     KB = kb1 - kb0
     total = (ka1 - ka0) * KB
 
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, DP), tl.float32)
-    offs_n = tl.arange(0, BLOCK_N)
-    for start in range(0, total, BLOCK_N):
-        j = start + offs_n
-        kvalid = j < total
-        yj, xj = G.coords(ka0 + j // KB, kb0 + j % KB, c0, c1, H, W, P0, P1, P2, P3, KIND)
-        ktok = (yj * W + xj).to(tl.int64)
-        kmask = kvalid[:, None] & dmask[None, :]
-        k = tl.load(K + bt.to(tl.int64) * skb + hd * skh + ktok[:, None] * skn + offs_d[None, :],
-                    mask=kmask, other=0.0)
-        v = tl.load(V + bt.to(tl.int64) * svb + hd * svh + ktok[:, None] * svn + offs_d[None, :],
-                    mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # (BLOCK_M, BLOCK_N) f32
-        vis = G.visible(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
-                        H, W, P0, P1, P2, P3, KIND)
-        vis = vis & qvalid[:, None] & kvalid[None, :]
-        if HAS_BIAS:
-            row = G.bias_row(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
-                             H, W, P0, P1, P2, P3, B1, B2, KIND)
-            s += tl.load(Bias + row * heads + hd, mask=vis, other=0.0)
-        s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        if _has_nonfinite(v):  # rare: keep masked keys' NaN/Inf values out of other rows
-            pv = _nonfinite_pv(p, vis, v, PREC)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+    base = bt.to(tl.int64)
+    m_i, l_i, acc, bad = _attend(q, yi, xi, qvalid, K + base * skb + hd * skh, V + base * svb + hd * svh,
+                                 skn, svn, Bias, hd, heads, scale, ka0, kb0, KB, total, c0, c1, dmask,
+                                 H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, DP, PREC,
+                                 BLOCK_M, BLOCK_N, False)
+    if bad:  # rare: a NaN/Inf value was in range; redo this tile exactly (see module docstring)
+        m_i, l_i, acc, bad = _attend(q, yi, xi, qvalid, K + base * skb + hd * skh,
+                                     V + base * svb + hd * svh, skn, svn, Bias, hd, heads, scale,
+                                     ka0, kb0, KB, total, c0, c1, dmask,
+                                     H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, DP, PREC,
+                                     BLOCK_M, BLOCK_N, True)
 
     l_safe = tl.where(qvalid, l_i, 1.0)
     out = acc / l_safe[:, None]
