@@ -198,8 +198,9 @@ def test_shared_memory_pruning():
     are kept, and there is always one left."""
     fits = lambda c, dp, elt: tuning.fits(c, dp, elt, tuning.SM80_SMEM)  # noqa: E731
     assert all(fits(c, 64, 2) for c in tuning.SM80_CONFIGS)        # float16, d <= 64: everything
-    big = [c for c in tuning.SM80_CONFIGS if not fits(c, 256, 4)]
-    assert big and all(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64 for c in big)
+    kept = tuning.prune_for_smem(tuning.SM80_CONFIGS, {"DP": 256})     # float32 (no Q: 4 bytes)
+    assert 0 < len(kept) < len(tuning.SM80_CONFIGS)
+    assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept} <= {(16, 32), (32, 32), (32, 64)}
     for dp in (16, 32, 64, 128, 256):
         for elt in (2, 4):
             assert fits(tuning.default_config(dp, elt), dp, elt), (dp, elt)
