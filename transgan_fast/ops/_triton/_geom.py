@@ -125,6 +125,22 @@ def bias_row(yi, xi, yj, xj, H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr):
 
 
 @triton.jit
+def scores(q, k, yi, xi, yj, xj, qvalid, kvalid, Bias, hd, heads, scale,
+           H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr, HAS_BIAS: tl.constexpr,
+           PREC: tl.constexpr):
+    """Scaled, biased logits `(BLOCK_M, BLOCK_N)` float32 of a query tile against a key tile, the
+    visibility mask (geometry and tile bounds), and the bias-table rows (gathered where visible)."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+    vis = visible(yi[:, None], xi[:, None], yj[None, :], xj[None, :], H, W, P0, P1, P2, P3, KIND)
+    vis = vis & qvalid[:, None] & kvalid[None, :]
+    row = bias_row(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
+                   H, W, P0, P1, P2, P3, B1, B2, KIND)
+    if HAS_BIAS:
+        s += tl.load(Bias + row * heads + hd, mask=vis, other=0.0)
+    return s, vis, row
+
+
+@triton.jit
 def partner_range(lo, hi, LEN, P, KIND_AXIS: tl.constexpr):
     """Half-open lattice range on one axis that rows `[lo, hi]` of a tile can pair with.
 

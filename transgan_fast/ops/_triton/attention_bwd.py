@@ -39,13 +39,8 @@ def _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
            H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr, HAS_BIAS: tl.constexpr,
            PREC: tl.constexpr):
     """Recomputed probabilities P (BLOCK_M, BLOCK_N), the mask, and the bias rows."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-    vis = G.visible(yi[:, None], xi[:, None], yj[None, :], xj[None, :], H, W, P0, P1, P2, P3, KIND)
-    vis = vis & qvalid[:, None] & kvalid[None, :]
-    row = G.bias_row(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
-                     H, W, P0, P1, P2, P3, B1, B2, KIND)
-    if HAS_BIAS:
-        s += tl.load(Bias + row * heads + hd, mask=vis, other=0.0)
+    s, vis, row = G.scores(q, k, yi, xi, yj, xj, qvalid, kvalid, Bias, hd, heads, scale,
+                           H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)
     p = tl.where(vis, tl.exp(s - lse[:, None]), 0.0)
     return p, vis, row
 

@@ -57,14 +57,8 @@ def _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale, ka0, kb
         kmask = kvalid[:, None] & dmask[None, :]
         k = tl.load(Kb + ktok[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
         v = tl.load(Vb + ktok[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # (BLOCK_M, BLOCK_N) f32
-        vis = G.visible(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
-                        H, W, P0, P1, P2, P3, KIND)
-        vis = vis & qvalid[:, None] & kvalid[None, :]
-        if HAS_BIAS:
-            row = G.bias_row(yi[:, None], xi[:, None], yj[None, :], xj[None, :],
-                             H, W, P0, P1, P2, P3, B1, B2, KIND)
-            s += tl.load(Bias + row * heads + hd, mask=vis, other=0.0)
+        s, vis, _ = G.scores(q, k, yi, xi, yj, xj, qvalid, kvalid, Bias, hd, heads, scale,
+                             H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)  # (BLOCK_M, BLOCK_N)
         s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

@@ -39,16 +39,20 @@ def _cfg(bm, bn, warps, stages):
 # sm_80 (`scripts/triton_aot_check.py`) spills 2-3 KB per thread for 64x64 tiles on 4 warps and
 # for 128x32 tiles with bias at d=64, so those are left out; 8 warps carry the larger tiles.
 SM80_CONFIGS = [
-    _cfg(16, 32, 2, 2), _cfg(32, 32, 4, 2), _cfg(32, 32, 4, 3), _cfg(32, 64, 4, 2),
-    _cfg(64, 32, 4, 2), _cfg(64, 32, 8, 2), _cfg(64, 32, 8, 3), _cfg(64, 64, 8, 2),
-    _cfg(128, 64, 8, 2),
+    _cfg(16, 32, 2, 2), _cfg(16, 32, 4, 2), _cfg(32, 32, 4, 2), _cfg(32, 32, 4, 3),
+    _cfg(32, 64, 4, 2), _cfg(64, 32, 4, 2), _cfg(64, 32, 8, 2), _cfg(64, 32, 8, 3),
+    _cfg(64, 64, 8, 2), _cfg(128, 64, 8, 2),
 ]
 SM90_CONFIGS = SM80_CONFIGS + [_cfg(64, 32, 8, 4), _cfg(64, 64, 8, 3), _cfg(128, 64, 8, 3)]
-# Fixed configurations when autotuning is off, best first; the first that fits is used. They are
-# the ones with the fewest spills across head dims in that survey (float32's 3xTF32 dots need
-# the smaller tile).
-DEFAULT_CONFIGS = {2: [_cfg(64, 32, 8, 2), _cfg(32, 32, 4, 2), _cfg(32, 32, 4, 1), _cfg(16, 16, 2, 1)],
-                   4: [_cfg(32, 32, 4, 2), _cfg(32, 32, 4, 1), _cfg(16, 16, 2, 1)]}
+# Fixed configurations when autotuning is off, by (bytes per element, head dims up to), best first;
+# the first that fits is used. They spill least in that survey: float32's 3xTF32 dots hold each
+# operand twice, so float32 needs small tiles, and at head dim 128-256 it spills whatever the tile
+# (float16/bfloat16 are the GPU dtypes to train in; float32 is for checking).
+DEFAULT_CONFIGS = [
+    (2, 256, [_cfg(64, 32, 8, 2), _cfg(32, 32, 4, 2), _cfg(32, 32, 4, 1), _cfg(16, 16, 2, 1)]),
+    (4, 64, [_cfg(32, 32, 4, 2), _cfg(32, 32, 4, 1), _cfg(16, 16, 2, 1)]),
+    (4, 256, [_cfg(16, 32, 4, 2), _cfg(16, 32, 4, 1), _cfg(16, 16, 2, 1)]),
+]
 INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
 
 # A `triton.Config` that every attention launch uses instead of autotuning or the defaults, when
@@ -106,7 +110,8 @@ def prune_for_smem(configs, named_args, **kwargs):
 def default_config(dp: int, elt: int):
     """The fixed configuration used when autotuning is off: the first default that fits."""
     limit = smem_limit()
-    candidates = DEFAULT_CONFIGS[4 if elt >= 4 else 2]
+    candidates = next(c for e, top, c in DEFAULT_CONFIGS if e == min(elt, 4) and dp <= top) \
+        if dp <= 256 else DEFAULT_CONFIGS[-1][2]
     for cfg in candidates:
         if fits(cfg, dp, elt, limit):
             return cfg
