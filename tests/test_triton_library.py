@@ -127,20 +127,23 @@ def test_kernels_compile_for_sm80_and_sm90():
 
 
 @requires_triton_interpreter
-@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter registration: CPU-only machines")
 @pytest.mark.parametrize("geom", [grid_geometry((5, 6), (3, 4), (1, 2)),
                                   local_geometry((5, 5), "window2d", (3, 3), "shift")],
                          ids=["grid", "nbhd"])
-def test_opcheck_triton_ops_under_interpreter(geom):
+def test_opcheck_triton_ops(geom):
+    """Schema, fake kernel, autograd registration and AOT dispatch of the Triton ops (on a GPU the
+    AOT check runs the kernels traced through `wrap_triton`; under the interpreter, opaquely)."""
     _library.POISON_OUTPUTS = False  # opcheck compares runs; poisoning is for kernel tests
     T = _library._TRITON_ATTN
-    q, k, v = (torch.randn(1, 2, geom.N, 16, requires_grad=True) for _ in range(3))
-    bias = torch.randn(geom.bias_rows, 2, requires_grad=True)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = (torch.randn(1, 2, geom.N, 16, device=dev, requires_grad=True) for _ in range(3))
+    bias = torch.randn(geom.bias_rows, 2, device=dev, requires_grad=True)
     torch.library.opcheck(T.fwd, (q, k, v, bias, geom.as_list(), 0.4, "triton"))
-    qkv = torch.randn(1, geom.N, 3 * 2 * 16, requires_grad=True)
+    qkv = torch.randn(1, geom.N, 3 * 2 * 16, device=dev, requires_grad=True)
     torch.library.opcheck(T.qkv_fwd, (qkv, None, 2, geom.as_list(), 0.4, "triton"))
-    x = torch.randn(2, 6, 8, requires_grad=True)
-    torch.library.opcheck(_library._TRITON_SHUFFLE.ps_pos, (x, 2, 3, torch.randn(1, 24, 2), "triton"))
+    x = torch.randn(2, 6, 8, device=dev, requires_grad=True)
+    pos = torch.randn(1, 24, 2, device=dev)
+    torch.library.opcheck(_library._TRITON_SHUFFLE.ps_pos, (x, 2, 3, pos, "triton"))
 
 
 @requires_triton_interpreter
