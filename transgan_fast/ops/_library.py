@@ -27,12 +27,12 @@ Two families of the same ops share one body each (`_attention_ops`, `_linear_pai
 """
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-
-from types import SimpleNamespace
 
 from . import _dispatch
 from .geometry import AttnGeometry
@@ -75,7 +75,6 @@ def _dbias_buffer(bias: Optional[Tensor], like: Tensor) -> Tensor:
 
 def _triton_traced() -> bool:
     """Register the Triton family with `triton_op` (False under the interpreter; see above)."""
-    import os
     return os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
