@@ -3,7 +3,7 @@
     pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
     python benchmarks/report.py bench.json --markdown bench.md --png bench.png
 
-Each benchmark stores its implementation in `extra_info["backend"]`: this project's backends
+Each benchmark stores its implementation in `extra_info["backend"]` (or `["impl"]`): this project's backends
 (`cpu`, `cuda`, `triton`), the reference (`ref`), or a peer (`sdpa`, `flex`, `natten`, ...).
 For every group the table gives each implementation's mean time, its speedup over the reference,
 and (for our backends) the speedup over the fastest peer measured in the same run; GPU attention
@@ -24,7 +24,8 @@ def load(path: str) -> Dict[str, Dict[str, dict]]:
         data = json.load(f)
     groups: Dict[str, Dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
-        impl = b.get("extra_info", {}).get("backend") or b.get("param") or b["name"]
+        info = b.get("extra_info", {})
+        impl = info.get("backend") or info.get("impl") or b.get("param") or b["name"]
         groups[b["group"] or b["name"]][impl] = {"mean": b["stats"]["mean"], **b.get("extra_info", {})}
     return groups
 
