@@ -125,6 +125,24 @@ def bias_row(yi, xi, yj, xj, H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr):
 
 
 @triton.jit
+def rect_points(idx, total, ra0, rb0, RB, c0, c1, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
+    """Points `idx` (a block of flat indices) of the lattice rectangle starting at `(ra0, rb0)` with
+    `RB` columns and `total` points: map coordinates, token index (int64) and validity."""
+    valid = idx < total
+    y, x = coords(ra0 + idx // RB, rb0 + idx % RB, c0, c1, H, W, P0, P1, P2, P3, KIND)
+    return y, x, (y * W + x).to(tl.int64), valid
+
+
+@triton.jit
+def load_pair(A, B, sa, sb, tok, valid, offs_d, dmask):
+    """Rows `tok` of two `(N, d)` slices (e.g. key and value) as `(rows, DP)` tiles, zero-padded."""
+    mask = valid[:, None] & dmask[None, :]
+    a = tl.load(A + tok[:, None] * sa + offs_d[None, :], mask=mask, other=0.0)
+    b = tl.load(B + tok[:, None] * sb + offs_d[None, :], mask=mask, other=0.0)
+    return a, b
+
+
+@triton.jit
 def scores(q, k, yi, xi, yj, xj, qvalid, kvalid, Bias, hd, heads, scale,
            H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr, HAS_BIAS: tl.constexpr,
            PREC: tl.constexpr):

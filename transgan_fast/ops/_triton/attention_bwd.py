@@ -66,8 +66,8 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     offs_d = tl.arange(0, DP)
     dmask = offs_d < d
     kmask = kvalid[:, None] & dmask[None, :]
-    k = tl.load(K + bt * skb + hd * skh + ktok[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-    v = tl.load(V + bt * svb + hd * svh + ktok[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+    k, v = G.load_pair(K + bt * skb + hd * skh, V + bt * svb + hd * svh, skn, svn, ktok, kvalid,
+                       offs_d, dmask)
     qa0, qa1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
     qb0, qb1 = G.partner_range(b_lo, b_hi, LX, AP1, AX1)
     QB = qb1 - qb0
@@ -77,14 +77,10 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     dv = tl.zeros((BLOCK_N, DP), tl.float32)
     offs_m = tl.arange(0, BLOCK_M)
     for start in range(0, total, BLOCK_M):
-        i = start + offs_m
-        qvalid = i < total
-        yi, xi = G.coords(qa0 + i // QB, qb0 + i % QB, c0, c1, H, W, P0, P1, P2, P3, KIND)
-        qtok = (yi * W + xi).to(tl.int64)
-        qmask = qvalid[:, None] & dmask[None, :]
-        q = tl.load(Q + bt * sqb + hd * sqh + qtok[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
-        do = tl.load(DO + bt * sdb + hd * sdh + qtok[:, None] * sdn + offs_d[None, :], mask=qmask,
-                     other=0.0)
+        yi, xi, qtok, qvalid = G.rect_points(start + offs_m, total, qa0, qb0, QB, c0, c1,
+                                             H, W, P0, P1, P2, P3, KIND)
+        q, do = G.load_pair(Q + bt * sqb + hd * sqh, DO + bt * sdb + hd * sdh, sqn, sdn, qtok, qvalid,
+                            offs_d, dmask)
         lse = tl.load(Lse + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
         dl = tl.load(Delta + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
         p, vis, row = _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
@@ -120,8 +116,8 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
     offs_d = tl.arange(0, DP)
     dmask = offs_d < d
     qmask = qvalid[:, None] & dmask[None, :]
-    q = tl.load(Q + bt * sqb + hd * sqh + qtok[:, None] * sqn + offs_d[None, :], mask=qmask, other=0.0)
-    do = tl.load(DO + bt * sdb + hd * sdh + qtok[:, None] * sdn + offs_d[None, :], mask=qmask, other=0.0)
+    q, do = G.load_pair(Q + bt * sqb + hd * sqh, DO + bt * sdb + hd * sdh, sqn, sdn, qtok, qvalid,
+                        offs_d, dmask)
     lse = tl.load(Lse + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
     dl = tl.load(Delta + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
     ka0, ka1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
@@ -132,13 +128,10 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
     dq = tl.zeros((BLOCK_M, DP), tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     for start in range(0, total, BLOCK_N):
-        j = start + offs_n
-        kvalid = j < total
-        yj, xj = G.coords(ka0 + j // KB, kb0 + j % KB, c0, c1, H, W, P0, P1, P2, P3, KIND)
-        ktok = (yj * W + xj).to(tl.int64)
-        kmask = kvalid[:, None] & dmask[None, :]
-        k = tl.load(K + bt * skb + hd * skh + ktok[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-        v = tl.load(V + bt * svb + hd * svh + ktok[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        yj, xj, ktok, kvalid = G.rect_points(start + offs_n, total, ka0, kb0, KB, c0, c1,
+                                             H, W, P0, P1, P2, P3, KIND)
+        k, v = G.load_pair(K + bt * skb + hd * skh, V + bt * svb + hd * svh, skn, svn, ktok, kvalid,
+                           offs_d, dmask)
         p, vis, row = _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
                              H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)

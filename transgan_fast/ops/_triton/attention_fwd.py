@@ -50,13 +50,9 @@ def _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale, ka0, kb
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, DP)
     for start in range(0, total, BLOCK_N):
-        j = start + offs_n
-        kvalid = j < total
-        yj, xj = G.coords(ka0 + j // KB, kb0 + j % KB, c0, c1, H, W, P0, P1, P2, P3, KIND)
-        ktok = (yj * W + xj).to(tl.int64)
-        kmask = kvalid[:, None] & dmask[None, :]
-        k = tl.load(Kb + ktok[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-        v = tl.load(Vb + ktok[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        yj, xj, ktok, kvalid = G.rect_points(start + offs_n, total, ka0, kb0, KB, c0, c1,
+                                             H, W, P0, P1, P2, P3, KIND)
+        k, v = G.load_pair(Kb, Vb, skn, svn, ktok, kvalid, offs_d, dmask)
         s, vis, _ = G.scores(q, k, yi, xi, yj, xj, qvalid, kvalid, Bias, hd, heads, scale,
                              H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)  # (BLOCK_M, BLOCK_N)
         s = tl.where(vis, s, float("-inf"))
