@@ -3,7 +3,9 @@
 Triton's interpreter (which runs the CPU test suite) never lowers a kernel to PTX, so constructs it
 accepts can still fail to compile for a real device. This script builds each kernel for each
 target, dtype and geometry kind through Triton's own compiler and `ptxas`, over the tile shapes of
-the tuning space, and reports register use and spills. No GPU is needed.
+the tuning space, and reports register use and spills; it fails if a kernel does not compile or
+uses more shared memory than `tuning.smem_estimate` (the autotuner's pruning rule) allows for it.
+No GPU is needed.
 
     python scripts/triton_aot_check.py            # every path, tile and head dim; sm_80 + sm_90
     python scripts/triton_aot_check.py --quick    # a few configurations (a smoke check; CI runs it)
@@ -129,6 +131,12 @@ def main(argv=None) -> int:
                 print(f"FAILED {what}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
                 continue
             done += 1
+            if "BLOCK_M" in consts:  # the pruning estimate must bound what the compiler allocated
+                est = tuning.smem_estimate(consts["BLOCK_M"], consts["BLOCK_N"], cfg.num_stages,
+                                           consts["DP"], 4 if dtype == "fp32" else 2)
+                if smem > est:
+                    failures.append(what)
+                    print(f"FAILED {what}: shared memory {smem} B > tuning.smem_estimate {est} B")
             key = (arch, kern.__name__)
             worst[key] = max(worst.get(key, (0, 0)), (spills, regs))
             if spills:

@@ -80,12 +80,13 @@ def smem_limit() -> int:
 
 
 def smem_estimate(bm: int, bn: int, stages: int, dp: int, elt: int) -> int:
-    """Estimate of a kernel's shared memory: the two `rows x DP` operands streamed through the loop
-    (key and value in the forward and dQ pass, query and dO in the dK/dV pass; `rows` is the larger
-    tile side, since one space serves all three kernels), `stages` buffers each, plus a float32
-    `BLOCK_M x BLOCK_N` scratch for layout conversion. The resident tile and the probabilities stay
-    in registers as the first operand of the tensor-core dots."""
-    return 2 * max(stages, 1) * max(bm, bn) * dp * elt + 4 * bm * bn
+    """Upper estimate of a kernel's shared memory: `2 + 2 * stages` tiles of `rows x DP` elements
+    (the resident pair, and the streamed pair - key and value, or query and dO - with `stages`
+    buffers each; `rows` is the larger tile side, since one space serves all three kernels) plus a
+    float32 `BLOCK_M x BLOCK_N` scratch. Checked against the compiled kernels' `shared` metadata
+    (`scripts/triton_aot_check.py`): e.g. 196608 B for the float32 forward at d=128 with 64x64
+    tiles and 2 stages (estimate 212992), 82048 B for float32 dK/dV at d=128, 16x32 (estimate 100352)."""
+    return (2 + 2 * max(stages, 1)) * max(bm, bn) * dp * elt + 4 * bm * bn
 
 
 def fits(cfg, dp: int, elt: int, limit: int) -> bool:
