@@ -200,7 +200,7 @@ def test_shared_memory_pruning():
     assert all(fits(c, 64, 2) for c in tuning.SM80_CONFIGS)        # float16, d <= 64: everything
     kept = tuning.prune_for_smem(tuning.SM80_CONFIGS, {"DP": 256})     # float32 (no Q: 4 bytes)
     assert 0 < len(kept) < len(tuning.SM80_CONFIGS)
-    assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept} <= {(16, 32), (32, 32), (32, 64)}
+    assert all(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 32 for c in kept), kept  # small tiles
     for dp in (16, 32, 64, 128, 256):
         for elt in (2, 4):
             assert fits(tuning.default_config(dp, elt), dp, elt), (dp, elt)

@@ -80,13 +80,14 @@ def smem_limit() -> int:
 
 
 def smem_estimate(bm: int, bn: int, stages: int, dp: int, elt: int) -> int:
-    """Upper estimate of a kernel's shared memory: `2 + 2 * stages` tiles of `rows x DP` elements
-    (the resident pair, and the streamed pair - key and value, or query and dO - with `stages`
-    buffers each; `rows` is the larger tile side, since one space serves all three kernels) plus a
-    float32 `BLOCK_M x BLOCK_N` scratch. Checked against the compiled kernels' `shared` metadata
-    (`scripts/triton_aot_check.py`): e.g. 196608 B for the float32 forward at d=128 with 64x64
-    tiles and 2 stages (estimate 212992), 82048 B for float32 dK/dV at d=128, 16x32 (estimate 100352)."""
-    return (2 + 2 * max(stages, 1)) * max(bm, bn) * dp * elt + 4 * bm * bn
+    """Upper estimate of a kernel's shared memory: `4 + 2 * stages` tiles of `rows x DP` elements
+    (the streamed pair - key and value, or query and dO - with `stages` buffers each, the resident
+    pair and transposed operands; `rows` is the larger tile side, since one space serves all three
+    kernels), a float32 `BLOCK_M x BLOCK_N` scratch and 2 KB of layout-conversion slack.
+    `scripts/triton_aot_check.py` fails if any compiled kernel allocates more. Examples of what
+    the compiler allocates: float32 dK/dV at d=256 with 16x16 tiles, 1 stage: 98304 B (estimate
+    101376); float32 dQ at d=128 with 64x64 tiles, 2 stages: 262144 B (over either device)."""
+    return (4 + 2 * max(stages, 1)) * max(bm, bn) * dp * elt + 4 * bm * bn + 2048
 
 
 def fits(cfg, dp: int, elt: int, limit: int) -> bool:
