@@ -98,17 +98,15 @@ def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
     KB = kb1 - kb0
     total = (ka1 - ka0) * KB
 
-    base = bt.to(tl.int64)
-    m_i, l_i, acc, bad = _attend(q, yi, xi, qvalid, K + base * skb + hd * skh, V + base * svb + hd * svh,
-                                 skn, svn, Bias, hd, heads, scale, ka0, kb0, KB, total, c0, c1, dmask,
-                                 H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, DP, PREC,
-                                 BLOCK_M, BLOCK_N, False)
+    Kb = K + bt.to(tl.int64) * skb + hd * skh  # this (batch, head) slice of k and v
+    Vb = V + bt.to(tl.int64) * svb + hd * svh
+    m_i, l_i, acc, bad = _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale,
+                                 ka0, kb0, KB, total, c0, c1, dmask, H, W, P0, P1, P2, P3, B1, B2,
+                                 KIND, HAS_BIAS, DP, PREC, BLOCK_M, BLOCK_N, False)
     if bad:  # rare: a NaN/Inf value was in range; redo this tile exactly (see module docstring)
-        m_i, l_i, acc, bad = _attend(q, yi, xi, qvalid, K + base * skb + hd * skh,
-                                     V + base * svb + hd * svh, skn, svn, Bias, hd, heads, scale,
-                                     ka0, kb0, KB, total, c0, c1, dmask,
-                                     H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, DP, PREC,
-                                     BLOCK_M, BLOCK_N, True)
+        m_i, l_i, acc, bad = _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale,
+                                     ka0, kb0, KB, total, c0, c1, dmask, H, W, P0, P1, P2, P3, B1, B2,
+                                     KIND, HAS_BIAS, DP, PREC, BLOCK_M, BLOCK_N, True)
 
     l_safe = tl.where(qvalid, l_i, 1.0)
     out = acc / l_safe[:, None]
