@@ -27,7 +27,7 @@ from conftest import check_parity, record  # noqa: E402,F401
 
 
 def useful_flops(geom: AttnGeometry, B: int, heads: int, d: int) -> float:
-    """4 * B * heads * d * (attended (query, key) pairs): spec §7's count, forward only."""
+    """4 * B * heads * d * (attended (query, key) pairs): docs/ops.md §7's count, forward only."""
     return 4.0 * B * heads * d * visibility(geom).sum().item()
 
 

@@ -1,4 +1,4 @@
-"""CPU attention, spec §7 cases side by side: the fused `cpu` backend, the `ref` backend, SDPA
+"""CPU attention, docs/ops.md §7 cases side by side: the fused `cpu` backend, the `ref` backend, SDPA
 with a boolean mask / dense bias, compiled FlexAttention with a cached block mask, NATTEN.
 
 Each case has a forward group and a forward+backward group; every implementation is checked

@@ -2,7 +2,7 @@
 
 Groups (pytest-benchmark `group`, implementations side by side):
 - `model-cifar10-G-fwdbwd-b8`: CIFAR-10 generator, forward + backward, batch 8
-  (spec §7 target: the fastest backend >= 1.5x the same model on `ref`).
+  (docs/ops.md §7 target: the fastest backend >= 1.5x the same model on `ref`).
 - `model-church256-G-fwd-b1`: LSUN-Church 256 generator (205 M parameters), forward, batch 1,
   with the peak resident memory of the forward in `extra_info` (`peak_rss_mb`, `forward_rss_mb`).
 

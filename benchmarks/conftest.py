@@ -1,7 +1,7 @@
 """Shared benchmark helpers: backend availability, parity-before-timing, and recording.
 
 Every benchmark (1) checks that the implementation matches the reference on the benchmark's own
-inputs (spec §4 tolerances), then (2) times it. Implementations of one case share a pytest-benchmark
+inputs (docs/ops.md §4 tolerances), then (2) times it. Implementations of one case share a pytest-benchmark
 `group`, so `pytest benchmarks/ --benchmark-only` prints them side by side; `benchmarks/report.py`
 turns the saved JSON into a markdown table of speedups and a PNG chart.
 """
@@ -35,7 +35,7 @@ def skip_unless(backend: str, device: str = "cpu", op: str = "attention",
 
 
 def check_parity(out: torch.Tensor, ref: torch.Tensor, tol: float = 1e-5, what: str = "output"):
-    """spec §4 forward tolerance against a float64 (or same-dtype) reference."""
+    """docs/ops.md §4 forward tolerance against a float64 (or same-dtype) reference."""
     scale = max(1.0, ref.abs().max().item())
     err = (out.double() - ref.double()).abs().max().item()
     assert err == err and err <= tol * scale, f"{what}: parity error {err:.3e} > {tol * scale:.3e}"
@@ -57,5 +57,5 @@ def record(benchmark, group: str, fn: Callable[[], object], flops: Optional[floa
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
-    # spec §7: CPU timings with 2 threads (the machine's cores); override with TGF_BENCH_THREADS.
+    # docs/ops.md §7: CPU timings with 2 threads (the machine's cores); override with TGF_BENCH_THREADS.
     torch.set_num_threads(int(os.environ.get("TGF_BENCH_THREADS", "2")))

@@ -1,4 +1,4 @@
-"""Shared test helpers: spec §4 tolerances, output poisoning, capability skips."""
+"""Shared test helpers: docs/ops.md §4 tolerances, output poisoning, capability skips."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ from transgan_fast.ops import _library
 
 @pytest.fixture(autouse=True)
 def poison_outputs():
-    """Every kernel output starts as NaN, so unwritten elements fail (spec §4)."""
+    """Every kernel output starts as NaN, so unwritten elements fail (docs/ops.md §4)."""
     _library.POISON_OUTPUTS = True
     yield
     _library.POISON_OUTPUTS = False
@@ -47,7 +47,7 @@ def scale_of(ref: torch.Tensor) -> float:
 
 def assert_close_f32(out: torch.Tensor, ref64: torch.Tensor, grad: bool = False, tf32: bool = False,
                      what: str = "output"):
-    """spec §4: float32 against the float64 reference: 1e-5 (forward) / 1e-4 (gradients) times
+    """docs/ops.md §4: float32 against the float64 reference: 1e-5 (forward) / 1e-4 (gradients) times
     max(1, max|ref|); 3e-4 when TF32 may be used on GPU."""
     tol = (3e-4 if tf32 else (1e-4 if grad else 1e-5)) * scale_of(ref64)
     assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
@@ -58,7 +58,7 @@ def assert_close_f32(out: torch.Tensor, ref64: torch.Tensor, grad: bool = False,
 
 def assert_close_lowp(out: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch.Tensor,
                       grad: bool = False, what: str = "output"):
-    """spec §4: a float16/bfloat16 kernel's error against the float64 reference is at most 2x
+    """docs/ops.md §4: a float16/bfloat16 kernel's error against the float64 reference is at most 2x
     (gradients 3x) the error of the reference run in that dtype, plus 1e-3 absolute."""
     k = 3.0 if grad else 2.0
     err = (out.double() - ref64.double()).abs().max().item()

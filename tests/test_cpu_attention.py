@@ -1,4 +1,4 @@
-"""The `cpu` backend's fused attention against the float64 reference (spec §4).
+"""The `cpu` backend's fused attention against the float64 reference (docs/ops.md §4).
 
 Every geometry kind (grid with shift and partial windows, band, clip, NATTEN neighbourhood with
 dilation), with and without relative bias, awkward head dims and map sizes, forward and every
@@ -100,7 +100,7 @@ def test_packed_qkv(case):
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[9]], ids=[IDS[1], IDS[9]])
 def test_second_order_matches_reference(case):
-    """WGAN-GP: grad with create_graph through the op, then a second grad (spec §3)."""
+    """WGAN-GP: grad with create_graph through the op, then a second grad (docs/ops.md §3)."""
     _, geom, B, h, d = case
     (q, k, v, rb), (qf, kf, vf, rbf) = _inputs(geom, B, h, d, True)
     results = []

@@ -1,4 +1,4 @@
-"""The `cuda` backend against the float64 reference (GPU only; spec §4 tolerances).
+"""The `cuda` backend against the float64 reference (GPU only; docs/ops.md §4 tolerances).
 
 Attention: every geometry kind (grid with shift and partial windows, global, band1d, window2d
 clip with both bias tables, NATTEN neighbourhoods with dilation), with and without rel_bias, a
@@ -124,7 +124,7 @@ def test_gradient_subsets(wrt):
 
 
 def test_large_logits_stay_finite():
-    # Scaled scores up to about +-1e4 (spec §4): the online softmax must not overflow. At that
+    # Scaled scores up to about +-1e4 (docs/ops.md §4): the online softmax must not overflow. At that
     # size float32 rounding of the logits alone moves near-tied softmax weights, so the check is
     # the softmax property: finite, and every output inside [min v, max v] of its head.
     geom = GEOMS["clip-9x9-k5"]()

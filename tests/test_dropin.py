@@ -78,7 +78,7 @@ def swin_map_ref(mod, x, hw, shift):
 
 
 def run_pair(mod, fn, x):
-    """fn(float64 ref module, x64) and fn(float32 auto module, x32); spec §4 on output and grads."""
+    """fn(float64 ref module, x64) and fn(float32 auto module, x32); docs/ops.md §4 on output and grads."""
     m64 = set_backend(copy.deepcopy(mod), "ref").double()
     x64 = x.double().requires_grad_()
     out64 = fn(m64, x64)

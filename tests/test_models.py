@@ -1,7 +1,7 @@
 """TransGAN models: parameter-count pins, shapes, initialisation, and backend parity.
 
 Parity: the same weights on backend "ref" (float64, the ground truth) and on "auto" (float32,
-whatever fused kernels exist here) give outputs and gradients within spec §4; the error of the
+whatever fused kernels exist here) give outputs and gradients within docs/ops.md §4; the error of the
 float32 reference run calibrates deep-model round-off (flash-attention's rule).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from transgan_fast.models import PRESETS, build, config
 from transgan_fast.nn import set_backend
 from transgan_fast.ops import LocalitySchedule
 
-# Exact counts of this implementation, and the spec's figures (spec/transgan.md §2).
+# Exact counts of this implementation, and the spec's figures (docs/transgan.md §2).
 PARAMS = {
     "cifar10": (83_312_495, 10_210_399),
     "stl10": (168_466_623, 10_341_535),

@@ -1,7 +1,7 @@
 """TransGAN layers (transgan_fast.nn) against independent dense formulas written here.
 
 Each layer runs in float64 on backend "ref" (must equal the formula) and in float32 on "auto"
-(whatever fused kernels exist; spec §4 tolerances against the float64 result, with gradients).
+(whatever fused kernels exist; docs/ops.md §4 tolerances against the float64 result, with gradients).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def band_case(H, W, width):
 
 
 def check_layer(layer, x, mask, idx):
-    """float64 ref == formula; float32 auto within spec §4 of it (output and all gradients)."""
+    """float64 ref == formula; float32 auto within docs/ops.md §4 of it (output and all gradients)."""
     l64 = set_backend(copy.deepcopy(layer), "ref").double()
     x64 = x.double().requires_grad_()
     torch.manual_seed(0)

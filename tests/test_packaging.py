@@ -1,4 +1,4 @@
-"""Packaging contract (spec §6): no torch in the build, no libtorch in the binaries, and the
+"""Packaging contract (docs/ops.md §6): no torch in the build, no libtorch in the binaries, and the
 package imports even when the extension is missing."""
 import subprocess
 import sys

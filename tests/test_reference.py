@@ -1,6 +1,6 @@
 """The references are the ground truth: check them against independent definitions.
 
-Masks here are built with plain Python loops straight from the words of spec/ops.md §2 (Swin's
+Masks here are built with plain Python loops straight from the words of docs/ops.md §2 (Swin's
 region slices, NATTEN's neighbourhood lists), then attention runs through torch SDPA with a dense
 float mask. Resampling refs are checked against nn.PixelShuffle and a hand-written bicubic.
 """

@@ -1,4 +1,4 @@
-"""The `triton` backend against the float64 reference (spec §4), forward and every gradient.
+"""The `triton` backend against the float64 reference (docs/ops.md §4), forward and every gradient.
 
 Run on a CPU-only machine as `TRITON_INTERPRET=1 python -m pytest tests/test_triton.py` (the
 interpreter must be switched on before triton is imported, so it cannot be set from here). On a
@@ -150,7 +150,7 @@ def test_large_logits_finite():
 
 @pytest.mark.parametrize("name", ["grid-shift-partial", "clip", "nbhd-dilated"])
 def test_nonfinite_inputs_reach_affected_rows_only(name):
-    """spec §4: a NaN reaches exactly the rows that see it. NaN in q row qi and k row kj, and
+    """docs/ops.md §4: a NaN reaches exactly the rows that see it. NaN in q row qi and k row kj, and
     NaN / +Inf / -Inf values at keys vj, vp, vn in channels 0, 1, 2 (a masked key's value must not
     leak into other rows through the P @ V product)."""
     geom = _geom(name, dict(GEOMS)[name])
@@ -181,7 +181,7 @@ _TILES = sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in tuning.SM90
 
 @pytest.mark.parametrize("name", ["grid-shift-partial", "band1d", "clip", "nbhd-dilated"])
 def test_every_tuning_tile_gives_the_same_result(name, monkeypatch):
-    """spec §4 / issue item 5: autotuning may pick any (BLOCK_M, BLOCK_N) of the sm_80/sm_90 spaces;
+    """docs/ops.md §4 / issue item 5: autotuning may pick any (BLOCK_M, BLOCK_N) of the sm_80/sm_90 spaces;
     each changes how lattices are cut into tiles, never the result. Forward and all gradients."""
     geom = _geom(name, dict(GEOMS)[name])
     leaves = _qkv_bias(geom, 16, True, B=1, h=2)

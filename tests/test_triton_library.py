@@ -1,4 +1,4 @@
-"""The Triton backend's `torch.library` registration (spec §5, issue item 4).
+"""The Triton backend's `torch.library` registration (docs/ops.md §5, issue item 4).
 
 - Without the interpreter the Triton ops are `triton_op`s: AOTAutograd (what torch.compile runs)
   must trace *into* them and find the Triton kernels themselves in the graph. That tracing needs no

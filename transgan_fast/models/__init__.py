@@ -1,4 +1,4 @@
-"""TransGAN generator and discriminator, every preset of spec/transgan.md, and a registry.
+"""TransGAN generator and discriminator, every preset of docs/transgan.md, and a registry.
 
     G, D = transgan_fast.models.build("cifar10", backend="auto")
     G, D = transgan_fast.models.build("church256", g_noise=False)   # any config field overridable

@@ -1,4 +1,4 @@
-"""`TransGANConfig` and the preset registry (spec/transgan.md §2-§3).
+"""`TransGANConfig` and the preset registry (docs/transgan.md §2-§3).
 
 A preset is a name -> config; `config(name, **overrides)` returns a copy with any field replaced.
 Attention kinds are short strings: `"global"`, `"gridM"` (M x M windows, Swin-style, no shift).
@@ -112,7 +112,7 @@ PRESETS: Dict[str, TransGANConfig] = {
         name="celeba128", latent_dim=512, bottom=8, g_channels=(1024, 1024, 256, 64, 16),
         g_depths=(5, 4, 4, 4, 4), g_upsample=("bicubic",) + ("pixelshuffle",) * 3,
         g_attn=("global", "global", "global", "grid16", "grid16"), g_norm="pn", g_noise=True,
-        # The spec gives no discriminator for 128^2: church256's with every stride halved.
+        # The released code gives no discriminator for 128^2: church256's with every stride halved.
         d_scales=((288, 2, 2, 0), (48, 4, 4, 0), (48, 8, 8, 0)),
         d_stages=(("grid16", "grid16", "global"), ("global",) * 3, ("global",) * 4)),
     "church256": TransGANConfig(

@@ -1,4 +1,4 @@
-"""TransGAN discriminators (spec/transgan.md §3): v2 multi-scale and v1 plain ViT.
+"""TransGAN discriminators (docs/transgan.md §3): v2 multi-scale and v1 plain ViT.
 
 Multi-scale: each scale tokenises the raw image with a strided conv; stage 1 runs on the finest
 scale; between stages the map is 2x2 average pooled and the next scale's tokens are concatenated

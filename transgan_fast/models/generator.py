@@ -1,4 +1,4 @@
-"""TransGAN generator (spec/transgan.md §2): latent -> token map -> transformer stages -> RGB.
+"""TransGAN generator (docs/transgan.md §2): latent -> token map -> transformer stages -> RGB.
 
 Stem `Linear(latent, bottom^2 * C0)` plus a learned position embedding; between stages an
 upsample (bicubic keeps C, pixel shuffle gives C/4) fused with the next stage's position

@@ -12,7 +12,7 @@ Kernel contracts (every backend implements the same signatures):
   uninitialised (every element must be written); `dbias` is `None` or float32 `(rows, h)` zeros.
 - resampling kernels: see each op below; `out` is contiguous and uninitialised.
 
-Second order (spec §3): when grad mode is on inside a backward (`create_graph=True`), the backward
+Second order (docs/ops.md §3): when grad mode is on inside a backward (`create_graph=True`), the backward
 recomputes through the reference with autograd, so gradients of any order are exact; otherwise it
 runs the fused backward kernel.
 
@@ -21,7 +21,7 @@ Two families of the same ops share one body each (`_attention_ops`, `_linear_pai
   (`ref`, `cpu`, `cuda`); torch.compile treats them as opaque calls with fake kernels.
 - `transgan_fast::triton_attn_fwd`, ...: the Triton backend, registered with
   `torch.library.triton_op`, whose kernels launch through `wrap_triton`, so torch.compile and
-  AOTAutograd trace into the Triton kernels themselves (spec §5). Under the Triton interpreter
+  AOTAutograd trace into the Triton kernels themselves (docs/ops.md §5). Under the Triton interpreter
   (`TRITON_INTERPRET=1`, CPU tests), which cannot be traced, they are opaque `custom_op`s whose fake
   kernel is the same body with launches skipped on fake tensors.
 """
@@ -41,7 +41,7 @@ from .geometry import AttnGeometry
 _dispatch._load_backend_modules()
 
 
-# Tests set this to fill every kernel output with NaN before the kernel runs (spec §4), so an
+# Tests set this to fill every kernel output with NaN before the kernel runs (docs/ops.md §4), so an
 # element a kernel forgets to write fails the comparison instead of passing by luck.
 POISON_OUTPUTS = False
 

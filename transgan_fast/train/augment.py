@@ -5,14 +5,14 @@ gradients flow to the generator through the augmented fakes (and to the penalty 
 Randomness comes from an explicit `torch.Generator`, never the global RNG, so a run is
 reproducible and resumable (the trainer reseeds the generator from (seed, rank, step)).
 
-Parameters are the released TransGAN ones (spec transgan.md §4):
+Parameters are the released TransGAN ones (docs/transgan.md §4):
 - translation: shift by up to 20% of each side, zero padding, per sample.
 - cutout: zero a half-side square at a random place, per sample, with probability 0.3 per batch.
 - color: brightness `+U(-0.5, 0.5)`, saturation `×U(0, 2)` about the channel mean, contrast
   `×U(0.5, 1.5)` about the image mean, per sample. Like the release, no clamp: colour ops can
   leave [-1, 1] (geometric and erasing ops never leave [min(x, 0), max(x, 0)]).
 - erase_ratio: zero a rectangle with sides 20–70% of H and W, per sample, probability 0.3 per batch.
-- stl_erase_ratio: the same with sides 10–40% (the spec names it for STL-10 without numbers;
+- stl_erase_ratio: the same with sides 10–40% (the paper names it for STL-10 without numbers;
   a smaller rectangle suits 48² images — our choice, documented here).
 - hue: rotate colours about the luma axis (1, 1, 1) by `U(-pi, pi)`, each sample with probability 0.5.
 - filter: ADA-style 4-band gain filter: the image is split into 4 frequency bands by repeated

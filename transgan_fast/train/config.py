@@ -1,7 +1,7 @@
 """`TrainConfig`: every training option, with the released TransGAN values per preset.
 
 `resolve_config(preset, **overrides)` fills the options left as None from the preset's row of
-spec transgan.md §4 (batch sizes, n_critic, DiffAugment policy, EMA rule, resolution) and
+docs/transgan.md §4 (batch sizes, n_critic, DiffAugment policy, EMA rule, resolution) and
 checks the result. The resolved config is what `options.json` and checkpoints store.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .losses import LOSSES
 
 __all__ = ["TrainConfig", "PRESET_TRAINING", "resolve_config"]
 
-# Released training settings (spec transgan.md §4); unnamed presets take the cifar10 row.
+# Released training settings (docs/transgan.md §4); unnamed presets take the cifar10 row.
 # G batch is 2 x D batch in every row, so it is derived from `batch` unless given.
 PRESET_TRAINING: Dict[str, Dict[str, Any]] = {
     "cifar10": dict(resolution=32, batch=64, n_critic=4,

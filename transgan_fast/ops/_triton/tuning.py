@@ -6,7 +6,7 @@ or kernel size, since the best tile follows the key rectangle a query tile sees;
 argument dtypes to the key) runs on CUDA devices unless `TRANSGAN_FAST_TRITON_AUTOTUNE=0`; under
 the interpreter (`TRITON_INTERPRET=1`) it is always off and a small fixed tile keeps tests fast.
 Every configuration computes the same sums in float32 (only the tile order changes), so the choice
-never moves results beyond spec §4 tolerances.
+never moves results beyond docs/ops.md §4 tolerances.
 """
 from __future__ import annotations
 
