@@ -2,8 +2,8 @@
 
 Rules (`find_resume`):
 - A run directory continues only from its newest checkpoint. Resuming from an older one (an
-  explicit `ckpt-*.pt` with newer checkpoints beside it, or a fallback past an unreadable newest
-  file) starts a new run directory that records its origin in `resume.json`; both branches are
+  explicit `ckpt-*.pt` with newer checkpoints beside it, a checkpoint file outside a run's
+  `ckpt-*.pt` series, or a fallback past an unreadable newest file) starts a new run directory that records its origin in `resume.json`; both branches are
   kept, and checkpoint pruning in either never touches the other.
 - A new branch killed before its first checkpoint continues from the origin in `resume.json`.
 - Options that change the training itself (model, learning rates, seed, batch, loss, ...) must
@@ -90,7 +90,10 @@ def _from_dir(run_dir: str, notes: List[str]) -> ResumePlan:
         return ResumePlan(notes=notes)  # every checkpoint unreadable
     origin = _branch_origin(run_dir)  # a branch killed before its first checkpoint
     if origin:
-        return ResumePlan(run_dir, origin, ck.load_checkpoint(origin), notes=notes)
+        try:
+            return ResumePlan(run_dir, origin, ck.load_checkpoint(origin), notes=notes)
+        except (ck.CheckpointError, FileNotFoundError) as exc:
+            notes.append(f"WARNING: {run_dir} continues {origin}, which cannot be read: {exc}")
     return ResumePlan(notes=notes)
 
 
@@ -111,9 +114,10 @@ def find_resume(resume: Optional[str], outdir: str, cfg: TrainConfig) -> ResumeP
                                         f"directory" + (f" ({notes[-1]})" if notes else ""))
         elif os.path.isfile(resume):
             run_dir = os.path.dirname(os.path.abspath(resume))
-            newer = [p for p in ck.list_checkpoints(run_dir)
-                     if os.path.basename(p) > os.path.basename(resume)]
-            plan = ResumePlan(run_dir, resume, ck.load_checkpoint(resume), new_branch=bool(newer))
+            ours = [os.path.abspath(p) for p in ck.list_checkpoints(run_dir)]
+            # in place only from the newest ckpt-*.pt of a run; any other file starts a new run
+            in_place = bool(ours) and ours[-1] == os.path.abspath(resume)
+            plan = ResumePlan(run_dir, resume, ck.load_checkpoint(resume), new_branch=not in_place)
         else:
             raise FileNotFoundError(f"resume={resume!r} is neither a run directory nor a checkpoint")
         diff = option_diff(plan.state.get("config", {}), cfg)
@@ -140,5 +144,7 @@ def find_resume(resume: Optional[str], outdir: str, cfg: TrainConfig) -> ResumeP
 
 def write_origin(run_dir: str, ckpt_path: str, step: int) -> None:
     """Record in a new branch's run directory which checkpoint it continues."""
-    with open(os.path.join(run_dir, RESUME_RECORD), "w") as f:
+    tmp = os.path.join(run_dir, RESUME_RECORD + ".tmp")
+    with open(tmp, "w") as f:
         json.dump({"resumed_from": os.path.abspath(ckpt_path), "step": step}, f, indent=2)
+    os.replace(tmp, os.path.join(run_dir, RESUME_RECORD))  # a kill leaves no half-written record

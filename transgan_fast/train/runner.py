@@ -99,9 +99,17 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
     G, D = (model_factory or build_models)(cfg)
     check_resolution(cfg, G, D)
     source = open_source(cfg.data, cfg.resolution, cfg.seed, cfg.shapes_n)
-    plan = find_resume(resume, outdir, cfg) if env.is_main else None
-    shared = _share(None if plan is None else (plan.run_dir, plan.ckpt_path, plan.new_branch),
-                    env)
+    plan, refusal = None, None
+    if env.is_main:
+        try:
+            plan = find_resume(resume, outdir, cfg)
+        except (ValueError, OSError) as exc:
+            if not env.active:
+                raise
+            refusal = f"{type(exc).__name__}: {exc}"
+    shared = _share(refusal or (plan.run_dir, plan.ckpt_path, plan.new_branch), env)
+    if isinstance(shared, str):  # rank 0 refused: every rank stops with its reason
+        raise ValueError(shared)
     run_dir, ckpt_path, new_branch = shared
     n_params = (sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters()))
     if dry_run:
@@ -112,7 +120,7 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
                     f"({len(source)} images, {len(source.skipped)} skipped)",
                     "steps": int(cfg.kimg * 1000 // cfg.batch), "G_params": n_params[0],
                     "D_params": n_params[1], "options": cfg.to_dict()}
-        for line in plan.notes:
+        for line in (plan.notes if plan else []):
             print(line)
         print(json.dumps(plan_out, indent=2))
         return RunResult(run_dir=None)
