@@ -144,3 +144,39 @@ def test_resolution_mismatch_is_refused_before_the_run_dir_exists(tmp_path):
     with pytest.raises(ValueError, match="resolution=16 does not match the model.*8x8"):
         run(tmp_path / "runs", 2, resolution=16)
     assert not os.path.exists(tmp_path / "runs")
+
+
+KILLED_RUN = """
+import sys, torch
+sys.path[:0] = [{here!r}]
+torch.set_num_threads(1)
+from test_train_runs import run
+run({outdir!r}, 1000)
+"""
+
+
+@pytest.mark.slow
+def test_kill_at_any_moment_then_resume_auto_is_bit_exact(tmp_path):
+    import subprocess
+    import sys
+    import time
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN.format(here=here, outdir=str(tmp_path))])
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            dirs = os.listdir(tmp_path)
+            if dirs and ck.list_checkpoints(str(tmp_path / dirs[0]))[1:]:  # two snapshots written
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL, wherever it lands (mid-step, mid-snapshot, mid-log line)
+        proc.wait()
+    (run_dir,) = [str(tmp_path / d) for d in os.listdir(tmp_path)]
+    newest = int(os.path.basename(ck.latest_checkpoint(run_dir))[5:14])
+    resumed = run(tmp_path, newest + 2, resume="auto")
+    assert resumed.run_dir == run_dir
+    straight = run(tmp_path / "straight", newest + 2)
+    assert_same(weights(ck.latest_checkpoint(straight.run_dir)), weights(ck.latest_checkpoint(run_dir)))
+    with open(os.path.join(run_dir, "stats.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, newest + 3))
