@@ -67,15 +67,17 @@ def test_same_seed_same_run_whatever_the_process_state(tmp_path):
     assert any(not torch.equal(wa[k], wc[k]) for k in wa), "another seed gave the same run"
 
 
-def test_resume_is_bit_exact_with_noise_and_snapshots(tmp_path):
+@pytest.mark.parametrize("recipe", [{}, dict(accum_d=2, accum_g=2, ema_beta=0.995,  # celebahq256-like
+                                             diffaug="filter,translation,erase_ratio,color,hue")])
+def test_resume_is_bit_exact_with_noise_and_snapshots(tmp_path, recipe):
     # The straight run samples snapshots at steps 2 and 4 and trains on; the other stops at 4 and
     # resumes in a new process state. Snapshot sampling must not move the training streams.
     torch.manual_seed(0)
-    straight = run(tmp_path / "a", 6)
+    straight = run(tmp_path / "a", 6, **recipe)
     torch.manual_seed(0)
-    first = run(tmp_path / "b", 4)
+    first = run(tmp_path / "b", 4, **recipe)
     torch.manual_seed(99)
-    resumed = run(tmp_path / "b", 6, resume="auto")
+    resumed = run(tmp_path / "b", 6, resume="auto", **recipe)
     assert resumed.run_dir == first.run_dir and resumed.resumed_from.endswith("ckpt-000000004.pt")
     assert_same(weights(ck.latest_checkpoint(straight.run_dir)),
                 weights(ck.latest_checkpoint(resumed.run_dir)))
