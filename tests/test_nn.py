@@ -125,6 +125,27 @@ def test_attention_noise():
     check_layer(layer, x, None, None)
 
 
+def test_noise_source_generator_and_off_switch():
+    from transgan_fast.nn import noise_source
+    layer = Attention(8, (4, 4), noise=True)
+    with torch.no_grad():
+        layer.noise_strength.fill_(0.7)
+    plain = Attention(8, (4, 4))
+    plain.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "noise_strength"})
+    x = torch.randn(2, 16, 8)
+    state = torch.get_rng_state()
+    with noise_source(torch.Generator().manual_seed(3)):
+        out = layer(x)
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG was used"
+    n = torch.randn(2, 16, 1, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out, plain(x + 0.7 * n))
+    with noise_source(enabled=False):
+        torch.testing.assert_close(layer(x), plain(x))
+    out2 = layer(x)  # outside: the global RNG again
+    assert not torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(out2, out)
+
+
 def test_pixel_norm_and_mlp():
     x = torch.randn(3, 10, 16)
     torch.testing.assert_close(PixelNorm()(x), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-8))

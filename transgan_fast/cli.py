@@ -18,27 +18,68 @@ import click
 __all__ = ["main"]
 
 CTX = dict(help_option_names=["-h", "--help"], show_default=True, max_content_width=110)
+BACKENDS = ("auto", "ref", "cpu", "cuda", "triton")  # ops._dispatch.BACKENDS + auto (no torch import here)
+NOISE_MODES = ("const", "random", "none")  # train.sample.NOISE_MODES
+# Errors a user's input or files can cause: one line, exit status 1 (`--debug`: the traceback).
+USER_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
+
+
+class _Main(click.Group):
+    """The command group. User errors raised by a subcommand become one `Error: ...` line."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except USER_ERRORS as exc:
+            if ctx.params.get("debug"):
+                raise
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            raise click.ClickException(f"{lines[0]} (--debug shows the traceback)") from exc
 
 
 def _parse_seeds(text: str):
-    """'0-3,7' -> [0, 1, 2, 3, 7]."""
+    """'0-3,7' -> [0, 1, 2, 3, 7]; raises ValueError on anything else."""
     out = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        if "-" in part[1:]:
-            a, b = part.split("-", 1) if not part.startswith("-") else (part, part)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{part!r} is not a seed or a range: use non-negative integers, "
+                             f"e.g. '0-15' or '1,5,9'")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"range {part!r} is reversed; write {b}-{a}")
+        if b >= 2 ** 32:
+            raise ValueError(f"seed {b} is too large; seeds must be < 2**32")
+        out.extend(range(a, b + 1))
     if not out:
-        raise click.BadParameter(f"no seeds in {text!r}; use e.g. '0-15' or '1,5,9'")
+        raise ValueError(f"no seeds in {text!r}; use e.g. '0-15' or '1,5,9'")
     return out
 
 
-@click.group(context_settings=CTX)
-def main():
+def _seeds_option(ctx, param, value):
+    try:
+        return _parse_seeds(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param)
+
+
+def _device_option(ctx, param, value):
+    if value == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise click.BadParameter("cuda: no CUDA device is available here (use cpu or auto)",
+                                     ctx, param)
+    return value
+
+
+@click.group(cls=_Main, context_settings=CTX)
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error [default: off].")
+def main(debug):
     """TransGAN with fused attention kernels: train, sample, inspect backends, benchmark."""
 
 
@@ -48,6 +89,8 @@ def main():
               "'cifar10:<dir of python batches>' or 'stl10:<*_X.bin or dir>'.")
 @click.option("--outdir", default="runs", help="Parent directory of run directories.")
 @click.option("--kimg", type=float, default=1000.0, help="Train for this many thousand real images.")
+@click.option("--resolution", type=int, default=None, help="Image size the data is resized to; must "
+              "match the model [default: preset's].")
 @click.option("--batch", type=int, default=None, help="Global D batch [default: preset's].")
 @click.option("--g-batch", type=int, default=None, help="Global G batch [default: 2 x batch].")
 @click.option("--n-critic", type=int, default=None, help="D steps per G step [default: preset's].")
@@ -70,11 +113,13 @@ def main():
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               help="Autocast dtype on GPU (CPU runs float32).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              help="Training device.")
-@click.option("--backend", default="auto", help="Kernel backend for the models (see `info`).")
+              callback=_device_option, help="Training device.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto",
+              help="Kernel backend for the models (see `info`).")
 @click.option("--model-json", default="{}", help="JSON dict of model config overrides, e.g. "
               "'{\"g_depths\": [1, 1, 1]}'.")
-@click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--seed", type=int, default=0, help="Seeds everything: model init, noise, data order, "
+              "augmentation (same seed, same run on the same machine and thread count).")
 @click.option("--mirror/--no-mirror", default=True, help="Random horizontal flips of the reals.")
 @click.option("--tick-kimg", type=float, default=4.0, help="Progress line every this many kimg.")
 @click.option("--snapshot-ticks", type=int, default=10, help="Checkpoint + grid + metrics every N ticks.")
@@ -82,8 +127,8 @@ def main():
 @click.option("--metrics", default="swd", help="Comma list of swd, fid, is ('' for none).")
 @click.option("--metric-n", type=int, default=2048, help="Images per metric evaluation.")
 @click.option("--inception-weights", default=None, help="Local Inception checkpoint for FID/IS [default: none].")
-@click.option("--resume", default="auto", help="'auto' (newest matching run), 'none', a run dir "
-              "or a checkpoint file.")
+@click.option("--resume", default="auto", help="'auto' (newest run with the same options), 'none', a "
+              "run dir or a checkpoint file (an older checkpoint continues in a new run dir).")
 @click.option("--max-minutes", type=float, default=None, help="Stop (with a snapshot) after this much wall time [default: none].")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit [default: off].")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
@@ -107,45 +152,63 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 
 @main.command(context_settings=CTX)
 @click.option("--checkpoint", "ckpt", required=True, help="A ckpt-*.pt file or a run directory "
-              "(its newest checkpoint).")
-@click.option("--seeds", default="0-63", help="Latent seeds, e.g. '0-63' or '1,5,9'.")
+              "(its newest readable checkpoint).")
+@click.option("--seeds", default="0-63", callback=_seeds_option,
+              help="Latent seeds, e.g. '0-63' or '1,5,9'.")
 @click.option("--out", default="samples.png", help="PNG grid path, or a directory with --files.")
 @click.option("--files", is_flag=True, help="Write one PNG per seed into --out instead of a grid [default: off].")
 @click.option("--raw", is_flag=True, help="Use the raw generator instead of the EMA one [default: off].")
-@click.option("--backend", default="auto", help="Kernel backend.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Device.")
-def generate(ckpt, seeds, out, files, raw, backend, device):
+@click.option("--noise-mode", type=click.Choice(NOISE_MODES), default="const",
+              help="Attention noise of models that have it: 'const' derives it from each image's "
+              "seed (same seed, same image), 'random' draws fresh noise every call, 'none' turns it off.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              callback=_device_option, help="Device.")
+def generate(ckpt, seeds, out, files, raw, noise_mode, backend, device):
     """Sample images from a checkpoint (EMA generator)."""
     import torch
-    from .train import checkpoint as ck
-    from .train.config import TrainConfig
+    from .train.sample import generate_images, load_generator
     from .train.logging import save_grid
-    from .train.runner import build_models
-    path = ck.latest_checkpoint(ckpt) if os.path.isdir(ckpt) else ckpt
-    if not path or not os.path.isfile(path):
+    from .train.checkpoint import list_checkpoints
+    if not os.path.exists(ckpt) or (os.path.isdir(ckpt) and not list_checkpoints(ckpt)):
         raise click.BadParameter(f"no checkpoint at {ckpt!r}", param_hint="--checkpoint")
-    state = ck.load_checkpoint(path)
-    cfg = TrainConfig.from_dict({**state["config"], "backend": backend})
-    G, _ = build_models(cfg)
-    G.load_state_dict(state["G" if raw else "G_ema"])
+    _check_out(out, files)
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
                        else "cpu")
-    G = G.to(dev).eval()
-    if hasattr(G, "set_progress"):
-        G.set_progress(float(state.get("epoch", 0.0)))
-    seed_list = _parse_seeds(seeds)
-    z = torch.stack([torch.randn(G.latent_dim, generator=torch.Generator().manual_seed(s))
-                     for s in seed_list])
-    with torch.no_grad():
-        imgs = torch.cat([G(zz.to(dev)).float().clamp(-1, 1).cpu() for zz in z.split(32)])
+    G, path, notes = load_generator(ckpt, backend, raw, dev)
+    for line in notes:
+        click.echo(line, err=True)
+    imgs = generate_images(G, seeds, noise_mode, dev)
     if files:
         os.makedirs(out, exist_ok=True)
-        for s, img in zip(seed_list, imgs):
+        for s, img in zip(seeds, imgs):
             save_grid(img[None], os.path.join(out, f"seed{s:05d}.png"), nrow=1)
-        click.echo(f"wrote {len(seed_list)} images to {out}/")
+        click.echo(f"wrote {len(seeds)} images from {path} to {out}/")
     else:
         save_grid(imgs, out)
-        click.echo(f"wrote a grid of {len(seed_list)} images to {out}")
+        click.echo(f"wrote a grid of {len(seeds)} images from {path} to {out}")
+
+
+def _check_out(out: str, files: bool) -> None:
+    """--out must be writable before any work: a PNG-like file name in an existing directory, or
+    with --files a directory (made if missing) whose parent exists."""
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"{out!r}: directory {parent!r} does not exist", param_hint="--out")
+    if files:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise click.BadParameter(f"{out!r} is a file; --files writes into a directory",
+                                     param_hint="--out")
+        return
+    if os.path.isdir(out):
+        raise click.BadParameter(f"{out!r} is a directory; give a file name such as "
+                                 f"{os.path.join(out, 'samples.png')!r} or add --files",
+                                 param_hint="--out")
+    from PIL import Image
+    ext = os.path.splitext(out)[1].lower()
+    if Image.registered_extensions().get(ext) not in Image.SAVE:
+        raise click.BadParameter(f"{out!r} needs an image extension PIL can write, e.g. .png",
+                                 param_hint="--out")
 
 
 @main.command(context_settings=CTX)
@@ -154,7 +217,7 @@ def generate(ckpt, seeds, out, files, raw, backend, device):
 @click.option("--kimg", type=float, default=None, help="Train for this many kimg instead of a time [default: none].")
 @click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke checks) [default: off].")
 @click.option("--seed", type=int, default=0, help="Random seed.")
-@click.option("--backend", default="auto", help="Kernel backend.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def demo(outdir, minutes, kimg, quick, seed, backend, progress):
     """Train a small TransGAN on built-in shapes; write sample grids, curves and a summary."""

@@ -8,10 +8,16 @@ when the `LocalitySchedule` moves on (`set_progress`); its relative-bias table i
 every phase, so one learned table serves the masked and the unmasked layer.
 
 `CrossAttention` is celebahq256's self-modulation: stage tokens attend to 64 latent tokens.
+
+The attention noise (`noise=True`) is drawn from the global torch RNG unless a `noise_source`
+context names a dedicated `torch.Generator` (the trainer, its snapshots and `generate` do, so that
+sampling never disturbs the training streams and a seed fixes the noise) or turns it off.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+import threading
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,7 +25,21 @@ import torch.nn.functional as F
 
 from ..ops import AttnGeometry, LocalitySchedule, attention_qkv, grid_geometry
 
-__all__ = ["Attention", "CrossAttention", "trunc_normal_"]
+__all__ = ["Attention", "CrossAttention", "trunc_normal_", "noise_source"]
+
+_NOISE = threading.local()  # .generator (None: global RNG), .enabled; unset: global RNG, on
+
+
+@contextlib.contextmanager
+def noise_source(generator: Optional[torch.Generator] = None, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, `Attention` noise is drawn from `generator` (None: the global RNG), or
+    skipped entirely when `enabled` is False. The generator must live on the activations' device."""
+    prev = (getattr(_NOISE, "generator", None), getattr(_NOISE, "enabled", True))
+    _NOISE.generator, _NOISE.enabled = generator, enabled
+    try:
+        yield
+    finally:
+        _NOISE.generator, _NOISE.enabled = prev
 
 
 def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
@@ -91,9 +111,10 @@ class Attention(nn.Module):
         if N != self.geom.N or C != self.dim:
             raise ValueError(f"Attention: expected x of shape (B, {self.geom.N}, {self.dim}) for "
                              f"hw={self.hw}; got {tuple(x.shape)}")
-        if self.noise_strength is not None:
+        if self.noise_strength is not None and getattr(_NOISE, "enabled", True):
             # Drawn in float32 whatever x's dtype, so one seed gives the same noise in every dtype.
-            n = torch.randn(B, N, 1, device=x.device).to(x.dtype)          # (B, N, 1)
+            n = torch.randn(B, N, 1, device=x.device, generator=getattr(_NOISE, "generator", None)
+                            ).to(x.dtype)                                   # (B, N, 1)
             x = x + n * self.noise_strength
         qkv = self.qkv(x)                                                   # (B, N, 3C)
         o = attention_qkv(qkv, self.heads, self.geom, self.rel_bias, backend=self.backend)  # (B, N, C)

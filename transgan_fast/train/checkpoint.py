@@ -8,12 +8,13 @@ fsync'ed: a crash or SIGKILL at any point leaves either the previous checkpoints
 never a truncated `ckpt-*.pt`. Stray temporaries of a killed writer are removed by the next save.
 Only the last `keep` checkpoints are kept.
 
-`capture_rng()` / `restore_rng()` convert the torch (CPU and every CUDA device), numpy and
+`seed_rng(seed)` seeds them all; `capture_rng()` / `restore_rng()` convert the torch (CPU and every CUDA device), numpy and
 python `random` generator states to and from that safe form.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -24,9 +25,16 @@ import numpy as np
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
-           "load_latest", "capture_rng", "restore_rng"]
+           "load_latest", "CheckpointError", "seed_rng", "capture_rng", "restore_rng"]
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+
+def seed_rng(seed: int) -> None:
+    """Seed the torch (CPU and every CUDA device), numpy and python `random` global RNGs."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
 
 
 def capture_rng() -> Dict[str, Any]:
@@ -114,11 +122,33 @@ def save_checkpoint(run_dir: str, state: Dict[str, Any], step: int, keep: int = 
     return final
 
 
+class CheckpointError(ValueError):
+    """A file that is not a readable training checkpoint (truncated, corrupt or foreign)."""
+
+
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
-    """Load a checkpoint with `torch.load(weights_only=True)` (never unpickles code)."""
+    """Load a checkpoint with `torch.load(weights_only=True)` (never unpickles code).
+
+    Raises FileNotFoundError for a missing file and `CheckpointError` (naming the file) for one
+    that cannot be read.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path!r}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, a pickle with code in it, ...
+        if isinstance(exc, pickle.UnpicklingError):
+            why = "not a torch checkpoint, or one holding pickled objects (refused: weights only)"
+        elif isinstance(exc, EOFError) or not str(exc).strip():
+            why = f"{type(exc).__name__}: the file ends early"
+        else:
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                              f"{why}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is a torch file but not a checkpoint (it holds a "
+                              f"{type(state).__name__}, not a dict)")
+    return state
 
 
 def load_latest(run_dir: str, map_location="cpu"):

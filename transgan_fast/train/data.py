@@ -164,8 +164,12 @@ class ImageFileSource:
         self.path, self.res = path, resolution
         self.is_zip = path.lower().endswith(".zip")
         if self.is_zip:
-            with zipfile.ZipFile(path) as z:
-                names = [n for n in z.namelist() if n.lower().endswith(IMAGE_EXTS)]
+            try:
+                with zipfile.ZipFile(path) as z:
+                    names = [n for n in z.namelist() if n.lower().endswith(IMAGE_EXTS)]
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise ValueError(f"ImageFileSource: {path!r} is not a readable zip archive "
+                                 f"({type(exc).__name__}: {exc})") from exc
         elif os.path.isdir(path):
             names = [os.path.relpath(p, path) for p in glob.glob(os.path.join(path, "**", "*"),
                                                                   recursive=True)

@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "init_from_env", "all_reduce_grads", "broadcast_module", "global_mean",
+__all__ = ["DistEnv", "init_from_env", "all_gather_object", "all_reduce_grads", "broadcast_module", "global_mean",
            "split_batch"]
 
 
@@ -103,3 +103,12 @@ def global_mean(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     t = t.detach().clone()
     dist.all_reduce(t)
     return t / env.world_size
+
+
+def all_gather_object(obj, env: DistEnv) -> list:
+    """`[obj of rank 0, obj of rank 1, ...]` (picklable objects; `[obj]` in a single process)."""
+    if not env.active:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-__all__ = ["make_run_dir", "RunLogger", "save_grid", "memory_mb"]
+__all__ = ["make_run_dir", "RunLogger", "save_grid", "memory_mb", "trim_records"]
 
 
 def make_run_dir(outdir: str, desc: str, create: bool = True) -> str:
@@ -33,6 +33,28 @@ def make_run_dir(outdir: str, desc: str, create: bool = True) -> str:
     if create:
         os.makedirs(path, exist_ok=False)
     return path
+
+
+def trim_records(run_dir: str, step: int) -> None:
+    """Drop the `stats.jsonl` / `metric-*.jsonl` records after `step` (a resume re-runs them)."""
+    for name in os.listdir(run_dir):
+        if not (name == "stats.jsonl" or (name.startswith("metric-") and name.endswith(".jsonl"))):
+            continue
+        path = os.path.join(run_dir, name)
+        with open(path) as f:
+            lines = f.readlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by a kill
+        if len(keep) != len(lines):
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, path)
 
 
 def save_grid(images: torch.Tensor, path: str, nrow: Optional[int] = None) -> str:
@@ -64,7 +86,9 @@ class RunLogger:
     """Text log, stats.jsonl, metric jsonl and TensorBoard for one run (rank 0 only)."""
 
     def __init__(self, run_dir: Optional[str], enabled: bool = True, tensorboard: bool = True,
-                 echo: bool = True):
+                 echo: bool = True, purge_step: Optional[int] = None):
+        """`purge_step`: hide TensorBoard events from this global step (images seen) on, which a
+        resumed run writes again."""
         self.run_dir, self.enabled, self.echo = run_dir, enabled and run_dir is not None, echo
         self.tb = None
         self.bar = None
@@ -76,7 +100,7 @@ class RunLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(run_dir)
+                self.tb = SummaryWriter(run_dir, purge_step=purge_step)
             except ImportError as exc:
                 self.log(f"TensorBoard disabled: {exc}")
 

@@ -6,8 +6,11 @@ everything that changes, so `load_state_dict()` continues a run bit-exactly.
 
 Randomness: z, the penalty's α and the data flips are drawn for the whole global batch from a
 "shared" generator reseeded from (seed, step) — identical on every rank, each rank takes its
-slice — and DiffAugment draws from a generator reseeded from (seed, rank, step). Reseeding per
-step makes the streams independent of how a run was split by resumes.
+slice — DiffAugment draws from a generator reseeded from (seed, rank, step), and the attention
+noise of G and D (`nn.noise_source`) from one reseeded from (seed, rank, step) too. Reseeding per
+step makes the streams independent of how a run was split by resumes, and of anything else that
+draws random numbers between steps (snapshot sampling uses generators of its own). The global
+RNG states of every rank are still saved and restored, for models that draw from them.
 """
 from __future__ import annotations
 
@@ -18,17 +21,21 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ..nn.attention import noise_source
 from .augment import DiffAugment
 from .checkpoint import capture_rng, restore_rng
 from .config import TrainConfig
 from .data import BatchLoader
-from .distributed import DistEnv, all_reduce_grads, broadcast_module, global_mean, split_batch
+from .distributed import (DistEnv, all_gather_object, all_reduce_grads, broadcast_module,
+                          global_mean, split_batch)
 from .ema import EMA
 from .losses import discriminator_loss, generator_loss
 
 __all__ = ["Trainer", "pick_precision"]
 
 CKPT_FORMAT = 1
+_NOISE_STREAM = 1 << 20  # stream ids: 0 shared, 1 + rank DiffAugment, _NOISE_STREAM + rank noise
+_SAMPLE_STREAM = 1 << 21  # snapshot / metric sampling noise
 
 
 def pick_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -90,6 +97,7 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
         self.gen_shared = torch.Generator(device=dev)
         self.gen_aug = torch.Generator(device=dev)
+        self.gen_noise = torch.Generator(device=dev)
         self.augment = DiffAugment(cfg.diffaug, self.gen_aug) if cfg.diffaug else None
         self.step_idx, self.images_seen = 0, 0
         self.last_stats: Dict[str, float] = {}
@@ -135,7 +143,22 @@ class Trainer:
         cfg, env = self.cfg, self.env
         self.gen_shared.manual_seed(_seed_of(cfg.seed, 0, self.step_idx))
         self.gen_aug.manual_seed(_seed_of(cfg.seed, 1 + env.rank, self.step_idx))
+        self.gen_noise.manual_seed(_seed_of(cfg.seed, _NOISE_STREAM + env.rank, self.step_idx))
         self._set_progress()
+        with noise_source(self.gen_noise):
+            stats = self._step()
+        if env.active:  # log the whole global batch's losses, not this rank's slice
+            keys = sorted(stats)
+            mean = global_mean(torch.tensor([stats[k] for k in keys], dtype=torch.float64,
+                                            device=env.device), env)
+            stats = dict(zip(keys, mean.tolist()))
+        self.step_idx += 1
+        self.images_seen += cfg.batch
+        self.last_stats = stats
+        return stats
+
+    def _step(self) -> Dict[str, float]:
+        cfg, env = self.cfg, self.env
         stats: Dict[str, float] = {}
 
         # D step: real batch, fakes from fresh z, per-sample alpha for the penalty.
@@ -177,10 +200,6 @@ class Trainer:
             stats["G/grad_norm"] = self._optimizer_step(self.G, self.opt_g, self.scaler_g)
             stats["G/ema_beta"] = self.ema.update(self.G, cfg.g_batch, self.images_seen)
             self.D.requires_grad_(True)
-
-        self.step_idx += 1
-        self.images_seen += cfg.batch
-        self.last_stats = stats
         return stats
 
     def _sr_loss(self, real: torch.Tensor) -> torch.Tensor:
@@ -192,24 +211,35 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, ema: bool = True, batch: int = 64) -> torch.Tensor:
-        """Images for latents `z` from the EMA (or raw) generator, clamped to [-1, 1], float32 CPU."""
+        """Images for latents `z` from the EMA (or raw) generator, clamped to [-1, 1], float32 CPU.
+
+        Attention noise comes from a generator of its own, seeded from `cfg.seed`: the same `z`
+        gives the same images at every call, and the training streams are left untouched.
+        """
         g = self.ema.module if ema else self.G
+        gen = torch.Generator(device=self.env.device)
+        gen.manual_seed(_seed_of(self.cfg.seed, _SAMPLE_STREAM))
         out = []
-        for zz in z.split(batch):
-            with self.autocast():
-                out.append(g(zz.to(self.env.device)).float().clamp(-1, 1).cpu())
+        with noise_source(gen):
+            for zz in z.split(batch):
+                with self.autocast():
+                    out.append(g(zz.to(self.env.device)).float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """Everything that changes during training (tensors and primitives only)."""
+        """Everything that changes during training (tensors and primitives only).
+
+        Under torchrun every rank must call it (it gathers each rank's global RNG states).
+        """
+        rng = all_gather_object(capture_rng(), self.env)
         return {
             "format": CKPT_FORMAT, "config": self.cfg.to_dict(),
             "step": self.step_idx, "images_seen": self.images_seen, "epoch": self.epoch,
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.ema.module.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
-            "sampler": self.loader.sampler.state_dict(), "rng": capture_rng(),
+            "sampler": self.loader.sampler.state_dict(), "rng": rng[0], "rng_ranks": rng,
         }
 
     def load_state_dict(self, s: Dict[str, Any], restore_global_rng: bool = True) -> None:
@@ -228,4 +258,6 @@ class Trainer:
         self.loader.sampler.load_state_dict(s["sampler"])
         self.step_idx, self.images_seen = int(s["step"]), int(s["images_seen"])
         if restore_global_rng:
-            restore_rng(s["rng"])
+            ranks = s.get("rng_ranks") or [s["rng"]]
+            # A checkpoint of another world size has no state for the extra ranks: rank 0's then.
+            restore_rng(ranks[self.env.rank] if self.env.rank < len(ranks) else s["rng"])

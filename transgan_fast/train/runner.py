@@ -19,11 +19,12 @@ from . import checkpoint as ck
 from .config import TrainConfig
 from .data import open_source
 from .distributed import DistEnv, init_from_env, split_batch
-from .logging import RunLogger, make_run_dir, memory_mb, save_grid
+from .logging import RunLogger, make_run_dir, memory_mb, save_grid, trim_records
 from .loop import Trainer
 from .metrics import fid_is, swd
+from .resume import describe, find_resume, write_origin
 
-__all__ = ["run_training", "build_models", "RunResult", "describe"]
+__all__ = ["run_training", "build_models", "check_resolution", "RunResult", "describe"]
 
 ModelFactory = Callable[[TrainConfig], Tuple[torch.nn.Module, torch.nn.Module]]
 
@@ -46,14 +47,19 @@ def build_models(cfg: TrainConfig):
     return models.build(cfg.preset, backend=cfg.backend, **over)
 
 
+def check_resolution(cfg: TrainConfig, G: torch.nn.Module, D: torch.nn.Module) -> None:
+    """Raise ValueError unless the models work on `cfg.resolution` images (models that do not
+    say their image size are not checked)."""
+    for net, what in ((G, "generator"), (D, "discriminator")):
+        size = getattr(getattr(net, "cfg", None), "img_size", None) or getattr(net, "img_size", None)
+        if isinstance(size, int) and size != cfg.resolution:
+            raise ValueError(f"resolution={cfg.resolution} does not match the model: the {what} of "
+                             f"preset {cfg.preset!r} (with the model overrides) works on "
+                             f"{size}x{size} images; pass --resolution {size} or change the model")
+
+
 def _tuples(v):
     return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def describe(cfg: TrainConfig) -> str:
-    """The run-directory suffix: preset, data name, batch."""
-    data = "shapes" if cfg.data == "shapes" else os.path.basename(os.path.normpath(cfg.data.split(":")[-1]))
-    return f"{cfg.preset}-{data}-b{cfg.batch}".replace(os.sep, "_")
 
 
 @dataclass
@@ -66,28 +72,6 @@ class RunResult:
     metrics: List[Dict[str, float]] = field(default_factory=list)  # one dict per evaluation
     stats: List[Dict[str, float]] = field(default_factory=list)    # one dict per tick
     resumed_from: Optional[str] = None
-
-
-def _find_resume(resume: Optional[str], outdir: str, cfg: TrainConfig):
-    """(run_dir, checkpoint path) to continue, or (None, None)."""
-    if not resume or resume == "none":
-        return None, None
-    if resume != "auto":
-        if os.path.isdir(resume):
-            path = ck.latest_checkpoint(resume)
-            if path is None:
-                raise FileNotFoundError(f"resume={resume!r}: no checkpoint in that run directory")
-            return resume, path
-        if not os.path.isfile(resume):
-            raise FileNotFoundError(f"resume={resume!r} is neither a run directory nor a checkpoint")
-        return os.path.dirname(os.path.abspath(resume)), resume
-    if not os.path.isdir(outdir):
-        return None, None
-    for name in sorted(os.listdir(outdir), reverse=True):  # newest run first
-        d = os.path.join(outdir, name)
-        if name.endswith("-" + describe(cfg)) and ck.latest_checkpoint(d):
-            return d, ck.latest_checkpoint(d)
-    return None, None
 
 
 def _share(obj, env: DistEnv):
@@ -111,31 +95,64 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
     env = init_from_env(cfg.device)
     split_batch(cfg.batch, env.world_size, "batch")
     split_batch(cfg.g_batch, env.world_size, "g_batch")
-    source = open_source(cfg.data, cfg.resolution, cfg.seed, cfg.shapes_n)
+    ck.seed_rng(cfg.seed)  # model initialisation (and any global-RNG draw of a custom model)
     G, D = (model_factory or build_models)(cfg)
-    run_dir, ckpt_path = _find_resume(resume, outdir, cfg)
+    check_resolution(cfg, G, D)
+    source = open_source(cfg.data, cfg.resolution, cfg.seed, cfg.shapes_n)
+    plan, refusal = None, None
+    if env.is_main:
+        try:
+            plan = find_resume(resume, outdir, cfg)
+        except (ValueError, OSError) as exc:
+            if not env.active:
+                raise
+            refusal = f"{type(exc).__name__}: {exc}"
+    shared = _share(refusal or (plan.run_dir, plan.ckpt_path, plan.new_branch), env)
+    if isinstance(shared, str):  # rank 0 refused: every rank stops with its reason
+        raise ValueError(shared)
+    run_dir, ckpt_path, new_branch = shared
     n_params = (sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters()))
     if dry_run:
-        plan = {"run_dir": run_dir or make_run_dir(outdir, describe(cfg), create=False),
-                "resume_from": ckpt_path, "world_size": env.world_size, "device": str(env.device),
-                "per_rank_batch": cfg.batch // env.world_size, "dataset": f"{cfg.data} "
-                f"({len(source)} images, {len(source.skipped)} skipped)",
-                "steps": int(cfg.kimg * 1000 // cfg.batch), "G_params": n_params[0],
-                "D_params": n_params[1], "options": cfg.to_dict()}
-        print(json.dumps(plan, indent=2))
+        plan_out = {"run_dir": run_dir if run_dir and not new_branch
+                    else make_run_dir(outdir, describe(cfg), create=False),
+                    "resume_from": ckpt_path, "world_size": env.world_size, "device": str(env.device),
+                    "per_rank_batch": cfg.batch // env.world_size, "dataset": f"{cfg.data} "
+                    f"({len(source)} images, {len(source.skipped)} skipped)",
+                    "steps": int(cfg.kimg * 1000 // cfg.batch), "G_params": n_params[0],
+                    "D_params": n_params[1], "options": cfg.to_dict()}
+        for line in (plan.notes if plan else []):
+            print(line)
+        print(json.dumps(plan_out, indent=2))
         return RunResult(run_dir=None)
-    if env.is_main and run_dir is None:
+    origin_dir = run_dir
+    if env.is_main and (run_dir is None or new_branch):
         run_dir = make_run_dir(outdir, describe(cfg))
+        if new_branch:
+            write_origin(run_dir, ckpt_path, int(plan.state["step"]))
     run_dir = _share(run_dir, env)
-    log = RunLogger(run_dir, enabled=env.is_main, echo=echo)
+    state = None
+    if ckpt_path:
+        state = plan.state if env.is_main else ck.load_checkpoint(ckpt_path)
+    continuing = state is not None and not new_branch
+    if continuing and env.is_main:  # ticks after the checkpoint will be run (and logged) again
+        trim_records(run_dir, int(state["step"]))
+    log = RunLogger(run_dir, enabled=env.is_main, echo=echo,
+                    purge_step=int(state["images_seen"]) + 1 if continuing else None)
+    for line in (plan.notes if plan else []):
+        log.log(line)
     trainer = Trainer(cfg, G, D, source, env)
     result = RunResult(run_dir=run_dir, resumed_from=ckpt_path)
-    if ckpt_path:
-        trainer.load_state_dict(ck.load_checkpoint(ckpt_path, map_location=env.device))
+    log.write_options(cfg.to_dict())
+    if state is not None:
+        trainer.load_state_dict(state)
+        saved_world = len(state.get("rng_ranks") or [state["rng"]])
+        if saved_world != env.world_size:
+            log.log(f"WARNING: the checkpoint holds RNG states of {saved_world} ranks; this run "
+                    f"has {env.world_size}: not a bit-exact continuation")
         log.log(f"Resumed from {ckpt_path} at step {trainer.step_idx}, "
-                f"kimg {trainer.images_seen / 1000:.1f}")
-    else:
-        log.write_options(cfg.to_dict())
+                f"kimg {trainer.images_seen / 1000:.1f}"
+                + (f" in a new run directory (the checkpoint is older than {origin_dir}'s "
+                   f"newest; that branch is kept as it is)" if new_branch else ""))
     log.log(f"Run {run_dir}: G {n_params[0] / 1e6:.2f} M, D {n_params[1] / 1e6:.2f} M params; "
             f"data {cfg.data}: {len(source)} images ({len(source.skipped)} unreadable skipped); "
             f"world {env.world_size} on {env.device}; precision {trainer.amp_dtype or 'float32'}")
@@ -144,19 +161,25 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
 
     z_fixed = torch.randn(64, G.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 123))
     reals = source.get_many(list(range(min(cfg.metric_n, len(source))))).float() / 127.5 - 1
-    if env.is_main and not ckpt_path:
+    if env.is_main and not os.path.exists(os.path.join(run_dir, "reals.png")):
         save_grid(reals[:64], os.path.join(run_dir, "reals.png"))
+    rng_devices = [env.device.index or 0] if env.device.type == "cuda" else []
 
     def snapshot(final: bool):
         kimg = trainer.images_seen / 1000
-        if env.is_main:
-            ck.save_checkpoint(run_dir, trainer.state_dict(), trainer.step_idx, cfg.keep_ckpt)
-            save_grid(trainer.sample(z_fixed), os.path.join(run_dir, f"fakes{int(round(kimg * 1000)):09d}.png"))
+        state = trainer.state_dict()  # on every rank: it gathers each rank's RNG states
+        if not env.is_main:
+            return
+        ck.save_checkpoint(run_dir, state, trainer.step_idx, cfg.keep_ckpt)
+        # Sampling and metrics must not move the training's random streams (global RNGs included).
+        with torch.random.fork_rng(devices=rng_devices):
+            save_grid(trainer.sample(z_fixed),
+                      os.path.join(run_dir, f"fakes{int(round(kimg * 1000)):09d}.png"))
             values = evaluate(trainer, cfg, reals)
-            if values:
-                log.metric("quality", trainer.step_idx, kimg, values)
-                result.metrics.append({"kimg": kimg, **values})
-                log.log("  metrics: " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        if values:
+            log.metric("quality", trainer.step_idx, kimg, values)
+            result.metrics.append({"kimg": kimg, **values})
+            log.log("  metrics: " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
 
     total = int(cfg.kimg * 1000)
     bar = None
@@ -167,7 +190,8 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
     t0 = tick_t = time.time()
     tick_start, tick_idx, acc = trainer.images_seen, 0, {}
     if not ckpt_path and env.is_main:
-        values = evaluate(trainer, cfg, reals)
+        with torch.random.fork_rng(devices=rng_devices):
+            values = evaluate(trainer, cfg, reals)
         if values:
             log.metric("quality", 0, 0.0, values)
             result.metrics.append({"kimg": 0.0, **values})
@@ -191,7 +215,7 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
             result.stats.append({"kimg": kimg, **rec})
             log.log(f"tick {tick_idx:<4d} step {trainer.step_idx:<7d} kimg {kimg:<8.2f} "
                     f"sec/kimg {rec['sec_per_kimg']:<7.2f} D {rec.get('D/loss', float('nan')):+.4f} "
-                    f"G {rec.get('G/loss', float('nan')):+.4f} "
+                    + (f"G {rec['G/loss']:+.4f} " if "G/loss" in rec else "G -       ")
                     + " ".join(f"{k} {v:.0f}" for k, v in rec.items() if k.startswith("mem/")))
             tick_idx += 1
             tick_start, tick_t, acc = trainer.images_seen, now, {}
