@@ -20,11 +20,32 @@ from . import _dispatch
 from .geometry import GRID, AttnGeometry, bias_index, grid_geometry, local_geometry, visibility
 
 __all__ = ["grid_attention", "local_attention", "attention", "attention_qkv",
-           "attention_ref", "grid_attention_ref"]
+           "attention_ref", "grid_attention_ref", "probs_times_values"]
 
 
 # ----------------------------------------------------------------------------------------------
 # References (plain PyTorch; autograd of any order; any device and dtype).
+
+def probs_times_values(p, v, vis):
+    """`p @ v` where masked pairs contribute nothing, even when a value is NaN or +-Inf.
+
+    `p` (..., Nq, Nk) are softmax weights (exactly 0 where masked), `vis` the boolean mask
+    broadcastable to `p`, `v` (..., Nk, d). A dense product would multiply a masked key's 0 weight
+    by its NaN/Inf value and poison every row (0 * NaN = NaN); here a non-finite value reaches
+    exactly the rows that see it: NaN, or +Inf / -Inf (both: NaN, as inf + -inf).
+    """
+    out = torch.matmul(p, v)
+    if not torch.compiler.is_compiling() and bool(torch.isfinite(v).all()):
+        return out  # the common case: the dense product is exact
+    finite = torch.isfinite(v)
+    out = torch.matmul(p, torch.where(finite, v, torch.zeros_like(v)))
+    codes = torch.cat([v.isnan(), v == float("inf"), v == float("-inf")], dim=-1).to(p.dtype)
+    hits = torch.matmul(vis.to(p.dtype), codes) > 0                      # (..., Nq, 3d)
+    nan_hit, pos_hit, neg_hit = hits.split(v.shape[-1], dim=-1)
+    out = torch.where(pos_hit, torch.full_like(out, float("inf")), out)
+    out = torch.where(neg_hit, torch.full_like(out, float("-inf")), out)
+    return torch.where(nan_hit | (pos_hit & neg_hit), torch.full_like(out, float("nan")), out)
+
 
 def attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
     """Dense reference: full (N, N) logits, boolean mask from `geometry.visibility`, softmax.
@@ -42,7 +63,7 @@ def attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
         logits = logits + rel_bias[idx].permute(2, 0, 1).to(logits.dtype)  # (h, N, N)
     mask = visibility(geom, q.device)
     logits = logits.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(logits, dim=-1), v)
+    return probs_times_values(torch.softmax(logits, dim=-1), v, mask)
 
 
 def grid_attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
@@ -83,7 +104,7 @@ def grid_attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
         idx = (cy[:, None] - cy[None, :] + M1 - 1) * (2 * M2 - 1) + (cx[:, None] - cx[None, :] + M2 - 1)
         logits = logits + rel_bias[idx].permute(2, 0, 1)[:, None].to(logits.dtype)  # (h, 1, L, L)
     logits = logits.masked_fill(~mask, float("-inf"))
-    ow = torch.matmul(torch.softmax(logits, dim=-1), vw)                 # (B, h, nWin, L, d)
+    ow = probs_times_values(torch.softmax(logits, dim=-1), vw, mask)     # (B, h, nWin, L, d)
 
     o = ow.reshape(B, h, nH, nW, M1, M2, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, h, Hp, Wp, d)
     o = o[:, :, :H, :W]
