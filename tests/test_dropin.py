@@ -311,3 +311,22 @@ def test_replace_attention_swaps_and_reports():
         assert g.dtype == torch.float64
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
     assert replace_attention(model).swapped == []  # idempotent: ours are left alone
+
+
+def test_replace_attention_skips_what_it_cannot_reproduce():
+    """Issue 15 item 1: a strided NATTEN module was swapped with its stride ignored (outputs off by
+    0.19), an even kernel_size raised ValueError. Both are now skipped with the reason, the
+    original module left in place."""
+    strided = NeighborhoodAttention2D_(8, 2, 3, 1)
+    strided.stride = (2, 2)
+    even = NeighborhoodAttention2D_(8, 2, 4, 1)
+    ok = NeighborhoodAttention2D_(8, 2, 3, 1)
+    ok.stride = 1
+    model = nn.ModuleDict({"strided": strided, "even": even, "ok": ok})
+    report = replace_attention(model, backend="ref")
+    skipped = {n: why for n, _, why in report.skipped}
+    assert [s[0] for s in report.swapped] == ["ok"]
+    assert "stride=(2, 2)" in skipped["strided"] and "even kernel_size=(4, 4)" in skipped["even"]
+    assert model["strided"] is strided and model["even"] is even
+    assert isinstance(model["ok"], NeighborhoodAttention2D)
+
