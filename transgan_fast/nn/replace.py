@@ -45,6 +45,13 @@ def _drop_p(v) -> float:
     return float(v.p) if isinstance(v, nn.Dropout) else float(v or 0.0)
 
 
+def _persistent_index(m: nn.Module) -> bool:
+    """Whether `m` saves `relative_position_index` in its state dict (original Swin) or not (timm),
+    so the swapped model's state dict loads strictly into the unswapped one and back."""
+    return ("relative_position_index" in dict(m.named_buffers(recurse=False))
+            and "relative_position_index" not in m._non_persistent_buffers_set)
+
+
 def _swin(m: nn.Module, backend: str):
     """A fused WindowAttention equal to Swin module `m`, or the reason why not."""
     if getattr(m, "relative_position_bias_table", None) is None:
@@ -67,7 +74,8 @@ def _swin(m: nn.Module, backend: str):
     new = WindowAttention(dim, (Wh, Ww), heads, qkv_bias=m.qkv.bias is not None,
                           qk_scale=float(getattr(m, "scale", (dim // heads) ** -0.5)),
                           attn_drop=_drop_p(getattr(m, "attn_drop", 0.0)),
-                          proj_drop=_drop_p(getattr(m, "proj_drop", 0.0)), backend=backend)
+                          proj_drop=_drop_p(getattr(m, "proj_drop", 0.0)), backend=backend,
+                          persistent_index=_persistent_index(m))
     new.qkv.load_state_dict(m.qkv.state_dict())
     new.proj.load_state_dict(m.proj.state_dict())
     with torch.no_grad():
