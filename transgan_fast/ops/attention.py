@@ -115,7 +115,14 @@ def grid_attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
 # ----------------------------------------------------------------------------------------------
 # Input checking.
 
+def _check_geom(op, geom):
+    if not isinstance(geom, AttnGeometry):
+        raise TypeError(f"{op}: geom must be an AttnGeometry (from grid_geometry(...) or "
+                        f"local_geometry(...)); got {type(geom).__name__}")
+
+
 def _check_qkv(op, q, k, v, geom: AttnGeometry, rel_bias):
+    _check_geom(op, geom)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
@@ -128,6 +135,8 @@ def _check_qkv(op, q, k, v, geom: AttnGeometry, rel_bias):
         raise ValueError(f"{op}: q, k and v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.dtype.is_floating_point:
         raise ValueError(f"{op}: q must be floating point; got {q.dtype}")
+    if q.shape[3] < 1:
+        raise ValueError(f"{op}: head dim d (q.shape[3]) must be >= 1; got shape {tuple(q.shape)}")
     if q.shape[2] != geom.N:
         raise ValueError(f"{op}: q has N={q.shape[2]} tokens but hw={(geom.H, geom.W)} needs "
                          f"N = H*W = {geom.N}")
@@ -221,12 +230,14 @@ def attention_qkv(qkv, heads: int, geom: AttnGeometry, rel_bias=None, scale=None
         `(B, N, heads*d)`, ready for the output projection.
     """
     op = "attention_qkv"
+    _check_geom(op, geom)
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3:
         raise ValueError(f"{op}: qkv must be 3-D (B, N, 3*heads*d); got "
                          f"{getattr(qkv, 'shape', type(qkv).__name__)}")
     B, N, C3 = qkv.shape
-    if not isinstance(heads, int) or heads < 1 or C3 % (3 * heads):
-        raise ValueError(f"{op}: qkv's last dim {C3} must be divisible by 3*heads (heads={heads})")
+    if not isinstance(heads, int) or heads < 1 or C3 % (3 * heads) or C3 == 0:
+        raise ValueError(f"{op}: qkv's last dim {C3} must be positive and divisible by 3*heads "
+                         f"(heads={heads}; head dim d = C / (3*heads) >= 1)")
     if N != geom.N:
         raise ValueError(f"{op}: qkv has N={N} tokens but hw={(geom.H, geom.W)} needs N = {geom.N}")
     if not qkv.dtype.is_floating_point:
