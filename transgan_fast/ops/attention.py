@@ -179,7 +179,9 @@ def attention(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None, backend="a
         raise ValueError(f"{op}: rel_bias must have {geom.bias_rows} rows for this geometry; "
                          f"got {rel_bias.shape[0]}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    b = _dispatch.resolve(op, backend, [("q", q), ("k", k), ("v", v), ("rel_bias", rel_bias)])
+    B, h, N, d = q.shape
+    b = _dispatch.resolve(op, backend, [("q", q), ("k", k), ("v", v), ("rel_bias", rel_bias)],
+                          dict(B=B, heads=h, N=N, d=d, kind=geom.kind))
     if b == "ref":
         return attention_ref(q, k, v, geom, rel_bias, scale)
     from . import _library
@@ -248,7 +250,8 @@ def attention_qkv(qkv, heads: int, geom: AttnGeometry, rel_bias=None, scale=None
                          f"got {rel_bias.shape[0]}")
     d = C3 // (3 * heads)
     scale = d ** -0.5 if scale is None else float(scale)
-    b = _dispatch.resolve(op, backend, [("qkv", qkv), ("rel_bias", rel_bias)])
+    b = _dispatch.resolve(op, backend, [("qkv", qkv), ("rel_bias", rel_bias)],
+                          dict(B=B, heads=heads, N=N, d=d, kind=geom.kind))
     if b == "ref":
         q, k, v = qkv.reshape(B, N, 3, heads, d).permute(2, 0, 3, 1, 4)   # 3 x (B, h, N, d)
         o = attention_ref(q, k, v, geom, rel_bias, scale)                 # (B, h, N, d)
