@@ -51,3 +51,44 @@ def test_non_contiguous_inputs_are_handled_not_rejected():
     assert_close_f32(got, want.double())
     x = torch.randn(2, 8, 12).transpose(1, 2)   # (B, N=12, C=8) non-contiguous
     assert torch.equal(tf.pixel_shuffle_seq(x, (3, 4)), tf.pixel_shuffle_seq_ref(x.contiguous(), (3, 4)))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    # band1d width beyond int32 passed validation, then pybind raised TypeError
+    (lambda: tf.local_attention(*qkv(), (4, 4), mode="band1d", width=2 ** 31), ValueError,
+     r"band1d width=2147483648 does not fit the kernels' int32"),
+    (lambda: tf.grid_attention(*qkv(d=0), (4, 4), (2, 2)), ValueError, r"head dim d .* must be >= 1"),
+    (lambda: tf.attention_qkv(torch.randn(1, 16, 0), 2, tf.grid_geometry((4, 4), (2, 2))), ValueError,
+     r"head dim d = C / \(3\*heads\) >= 1"),
+    (lambda: tf.attention(*qkv(), None), TypeError, "geom must be an AttnGeometry.*got NoneType"),
+    (lambda: tf.attention_qkv(torch.randn(1, 16, 12), 2, None), TypeError, "geom must be an AttnGeometry"),
+    (lambda: tf.pixel_norm(torch.ones(2, 8, dtype=torch.int64)), ValueError, "got dtype torch.int64"),
+])
+def test_issue15_errors_are_clear(call, exc, match):
+    """Issue 15 item 3: these raised ZeroDivisionError, AttributeError, a pybind TypeError, or a
+    message that named the shape instead of the dtype."""
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "ref"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_zero_size_batch_forward_and_backward(backend, packed):
+    """Issue 15 item 3: an empty batch's backward on cpu/auto raised 'innermost dim must be
+    contiguous; got strides (0, 0, 0, 0)'. It is an empty result, with zero bias gradient."""
+    from transgan_fast import _ext
+    if backend == "cpu" and _ext.cpu_module is None:
+        pytest.skip("C++ CPU extension not built")
+    geom = tf.grid_geometry((4, 4), (2, 2))
+    bias = torch.randn(9, 2, requires_grad=True)
+    if packed:
+        x = torch.randn(0, 16, 24, requires_grad=True)
+        out = tf.attention_qkv(x, 2, geom, bias, backend=backend)
+        grads = torch.autograd.grad(out.sum(), [x, bias])
+    else:
+        q, k, v = (t.requires_grad_() for t in qkv(B=0))
+        out = tf.attention(q, k, v, geom, bias, backend=backend)
+        grads = torch.autograd.grad(out.sum(), [q, k, v, bias])
+    assert out.shape[0] == 0
+    assert all(g.shape[0] == 0 for g in grads[:-1])
+    assert torch.equal(grads[-1], torch.zeros_like(bias))

@@ -311,3 +311,70 @@ def test_replace_attention_swaps_and_reports():
         assert g.dtype == torch.float64
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
     assert replace_attention(model).swapped == []  # idempotent: ours are left alone
+
+
+def test_replace_attention_skips_what_it_cannot_reproduce():
+    """Issue 15 item 1: a strided NATTEN module was swapped with its stride ignored (outputs off by
+    0.19), an even kernel_size raised ValueError. Both are now skipped with the reason, the
+    original module left in place."""
+    strided = NeighborhoodAttention2D_(8, 2, 3, 1)
+    strided.stride = (2, 2)
+    even = NeighborhoodAttention2D_(8, 2, 4, 1)
+    ok = NeighborhoodAttention2D_(8, 2, 3, 1)
+    ok.stride = 1
+    model = nn.ModuleDict({"strided": strided, "even": even, "ok": ok})
+    report = replace_attention(model, backend="ref")
+    skipped = {n: why for n, _, why in report.skipped}
+    assert [s[0] for s in report.swapped] == ["ok"]
+    assert "stride=(2, 2)" in skipped["strided"] and "even kernel_size=(4, 4)" in skipped["even"]
+    assert model["strided"] is strided and model["even"] is even
+    assert isinstance(model["ok"], NeighborhoodAttention2D)
+
+
+class TimmWindowAttention_(WindowAttention_):  # timm registers the index non-persistent
+    def __init__(self, dim, window_size, num_heads):
+        super().__init__(dim, window_size, num_heads)
+        self.register_buffer("relative_position_index", swin_index(*window_size), persistent=False)
+
+
+TimmWindowAttention_.__name__ = "WindowAttention"
+
+
+@pytest.mark.parametrize("style", ["timm", "swin"])
+def test_swapped_state_dict_loads_strictly_into_the_unswapped_model(style):
+    """Issue 15 item 7: after a timm swap the state dict gained `relative_position_index`, so a
+    strict load back into an unswapped timm model failed. The swap keeps the source's choice."""
+    cls = TimmWindowAttention_ if style == "timm" else WindowAttention_
+    model = nn.Sequential(cls(16, (4, 4), 4))
+    keys = set(model.state_dict())
+    assert replace_attention(model, backend="ref").swapped
+    sd = model.state_dict()
+    assert set(sd) == keys
+    fresh = nn.Sequential(cls(16, (4, 4), 4))
+    fresh.load_state_dict(sd)  # strict
+    model.load_state_dict(fresh.state_dict())  # and back
+    x = torch.randn(4, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model[0](x), fresh[0](x), rtol=1e-5, atol=1e-5)
+
+
+def test_set_window_size_after_swap():
+    """Issue 15 item 7: timm's `set_input_size()` calls `attn.set_window_size(...)`, which the
+    swapped module lacked (AttributeError). The same window is a no-op; a new one resizes the bias
+    table with timm's own interpolation, or says timm is needed."""
+    model = nn.Sequential(TimmWindowAttention_(16, (4, 4), 4))
+    replace_attention(model, backend="ref")
+    x = torch.randn(4, 16, 16)
+    with torch.no_grad():
+        before = model[0](x)
+        model[0].set_window_size(4)
+        torch.testing.assert_close(model[0](x), before, rtol=0, atol=0)
+    try:
+        import timm.layers  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="from \\(4, 4\\) to \\(6, 6\\).*timm is not installed"):
+            model[0].set_window_size((6, 6))
+        return
+    model[0].set_window_size((6, 6))
+    assert model[0].relative_position_bias_table.shape == (121, 4)
+    assert model[0](torch.randn(2, 36, 16)).shape == (2, 36, 16)

@@ -21,6 +21,8 @@ from transgan_fast.ops.resample import (pixel_shuffle_seq, pixel_shuffle_seq_ref
                                         pixel_unshuffle_seq, pixel_unshuffle_seq_ref)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
+import triton.language as tl  # noqa: E402
+from transgan_fast.ops._triton import _geom as G  # noqa: E402
 from transgan_fast.ops._triton import tuning  # noqa: E402
 
 GPU = torch.cuda.is_available()
@@ -264,3 +266,33 @@ def test_backend_registered():
     for k in ("attn_fwd", "attn_bwd", "pixel_shuffle_seq", "pixel_unshuffle_seq"):
         assert k in info["ops"]
     assert info["usable"]
+
+
+@triton.jit
+def _offset_probe(Out, bt, hd, sb, sh):
+    tl.store(Out, G.slice_offset(bt + tl.program_id(0), hd + tl.program_id(1), sb, sh))
+
+
+def test_slice_offsets_are_computed_in_int64():
+    """Issue 15 item 5: `hd * sqh` was int32 arithmetic (program ids and strides below 2**31 arrive
+    as int32), which wraps once heads * N * d >= 2**31. The kernels now take every (batch, head)
+    slice offset from `_geom.slice_offset`, in int64; a probe kernel checks it on a huge offset."""
+    import inspect
+
+    from transgan_fast.ops._triton import attention_bwd, attention_fwd
+
+    out = torch.zeros(1, dtype=torch.int64, device=DEV)
+    bt, hd, sb, sh = 3, 40000, 2 ** 30 + 5, 70000  # hd * sh = 2.8e9 > 2**31
+    _offset_probe[(1, 1)](out, bt, hd, sb, sh)
+    assert out.item() == bt * sb + hd * sh
+    for mod in (attention_fwd, attention_bwd):
+        src = inspect.getsource(mod)
+        assert "hd * s" not in src and "bt * s" not in src, f"{mod.__name__}: int32 slice offset"
+
+
+def test_autotune_key_has_shift_dilation_and_batch_heads():
+    """Issue 15 item 5: the best tile depends on the shift/dilation (P2, P3) and on how many
+    (batch, head) programs fill the GPU; all are in the autotune key."""
+    from transgan_fast.ops._triton import attention_bwd, attention_fwd
+    for launcher in (attention_fwd._launcher, attention_bwd._dq, attention_bwd._dkdv):
+        assert {"P2", "P3", "BH"} <= set(launcher.tuned().keys)

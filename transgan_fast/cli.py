@@ -1,10 +1,11 @@
-"""The `transgan-fast` command: train, generate, demo, info, bench.
+"""The `transgan-fast` command: train, generate, demo, info, selftest, bench.
 
     transgan-fast demo                      # a small TransGAN on built-in shapes, a few CPU minutes
     transgan-fast train --preset cifar10 --data cifar10:~/cifar-10-batches-py --kimg 50000
     torchrun --nproc_per_node 8 -m transgan_fast.cli train ...   # data parallel, same options
     transgan-fast generate --checkpoint runs/00000-.../ckpt-000001000.pt --seeds 0-63
     transgan-fast info                      # which kernel backends are built and usable here
+    transgan-fast selftest                  # every backend against the reference, as a table
 """
 from __future__ import annotations
 
@@ -247,6 +248,33 @@ def info(as_json):
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+
+
+@main.command(context_settings=CTX)
+@click.option("--device", "devices", multiple=True, help="Device to check (repeatable) "
+              "[default: cpu and cuda].")
+@click.option("--backend", "names", multiple=True, type=click.Choice(["cpu", "cuda", "triton"]),
+              help="Backend to check (repeatable) [default: all].")
+def selftest(devices, names):
+    """Check every fused backend against the float64 reference on this machine (exit 1 on a
+    mismatch). `auto` runs the same check before it first uses a GPU backend."""
+    from .ops import selftest as st
+    results = st.run_all(list(devices) or None, list(names) or None)
+    rows = [("backend", "family", "dtype", "device", "result", "error", "tolerance", "detail")]
+    for r in results:
+        verdict = {True: "ok", False: "FAIL", None: "skipped"}[r.ok]
+        num = (lambda x: "-" if x != x else f"{x:.1e}")  # noqa: E731  (NaN: not measured)
+        dtype = "*" if r.dtype is None else str(r.dtype).replace("torch.", "")
+        rows.append((r.backend, r.family, dtype, r.device, verdict,
+                     num(r.error), num(r.tolerance), r.detail or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:7], widths)) + "  " + row[7])
+    failed = [r for r in results if r.ok is False]
+    ran = sum(r.ok is not None for r in results)
+    click.echo(f"{ran} checks ran, {len(failed)} failed, {len(results) - ran} skipped")
+    if failed:
+        sys.exit(1)
 
 
 @main.command(context_settings=CTX)

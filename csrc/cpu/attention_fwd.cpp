@@ -37,9 +37,10 @@ struct FwdScratch {
   }
 };
 
-// One (tile, batch, head): logits, masked softmax with bias, P V, lse.
+// One (tile, batch, head): logits, masked softmax with bias, P V, lse. `v_nonfinite`: this
+// (batch, head) slice of v holds a NaN/Inf somewhere (then the tile checks its own keys).
 TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp,
-                                      FwdScratch& s) {
+                                      bool v_nonfinite, FwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
   const float* q = a.q.slice(b, hh);
@@ -87,12 +88,17 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs& a, const float* KTs, int
     s.inv[i] = 1.f / l;
     lse[ti.q[i]] = m + std::log(l);
   }
-  rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
+  if (v_nonfinite && any_nonfinite(s.vrows.data(), nk, d))  // rare: exact, visible pairs only
+    rows_times_visible(s.S.data(), nq, nkp, nk, s.vrows.data(), d, ti.brow.data(), s.inv.data(),
+                       s.orows.data());
+  else
+    rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
 }
 
 TGF_ISA_DISPATCH(fwd_tile, fwd_tile_body,
-                 (const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, FwdScratch& s),
-                 (a, KTs, b, hh, dp, s))
+                 (const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, bool v_nonfinite,
+                  FwdScratch& s),
+                 (a, KTs, b, hh, dp, v_nonfinite, s))
 
 TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, ti))
 
@@ -114,6 +120,19 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
   // K transposed once per slice (d x N), so tiles gather candidate columns with contiguous copies.
   std::vector<float> KT(static_cast<size_t>(a.B) * a.heads * a.d * a.N);
   transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.data(), a.threads);
+  // One pass over v flags the slices holding a NaN/Inf, so clean slices skip the per-tile check.
+  std::vector<char> v_nonfinite(static_cast<size_t>(a.B) * a.heads);
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int sl = 0; sl < a.B * a.heads; ++sl) {
+    const float* v = a.v.slice(sl / a.heads, sl % a.heads);
+    float z = 0.f;
+    for (int n = 0; n < a.N; ++n) {
+      const float* row = v + n * a.v.sn;
+#pragma omp simd reduction(+ : z)
+      for (int c = 0; c < a.d; ++c) z += row[c] * 0.f;
+    }
+    v_nonfinite[sl] = z != z;
+  }
 #pragma omp parallel num_threads(a.threads)
   {
     FwdScratch s(TQ, maxk, a.d, dp, a.heads);
@@ -123,7 +142,8 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
       for (int hh = 0; hh < a.heads; ++hh) {
         if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
         for (int b = 0; b < a.B; ++b)
-          fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp, s);
+          fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp,
+                   v_nonfinite[static_cast<size_t>(b) * a.heads + hh] != 0, s);
       }
     }
   }

@@ -10,6 +10,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -194,6 +195,36 @@ TGF_KERNEL_INLINE void rows_times_impl(const float* P, int nq, int nkp, int nk, 
       float* o = O[i0 + r] + c0;
       for (int cc = 0; cc < cn; ++cc) o[cc] = rowscale[i0 + r] * acc[r][cc];
     }
+  }
+}
+
+// True if any of the first d values of rows X_j (j < n) is NaN or +-Inf: x * 0 is NaN exactly
+// then, and the sum vectorizes. A tile with such a value must not use the dense P V product,
+// where a masked key's 0 weight times its NaN/Inf value would reach every row of the tile.
+TGF_KERNEL_INLINE bool any_nonfinite(const float* const* X, int n, int d) {
+  float z = 0.f;
+  for (int j = 0; j < n; ++j) {
+    const float* x = X[j];
+#pragma omp simd reduction(+ : z)
+    for (int c = 0; c < d; ++c) z += x[c] * 0.f;
+  }
+  return z != z;
+}
+
+// O_i[:d] = rowscale[i] * sum over visible j (brow[i, j] >= 0) of P[i, j] * X_j[:]: the exact
+// product for tiles with non-finite values, where masked keys must contribute nothing at all.
+inline void rows_times_visible(const float* P, int nq, int nkp, int nk, const float* const* X,
+                               int d, const int* brow, const float* rowscale, float* const* O) {
+  std::vector<float> acc(d);
+  for (int i = 0; i < nq; ++i) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    const float* p = P + static_cast<size_t>(i) * nkp;
+    const int* br = brow + static_cast<size_t>(i) * nkp;
+    for (int j = 0; j < nk; ++j) {
+      if (br[j] < 0) continue;
+      for (int c = 0; c < d; ++c) acc[c] += p[j] * X[j][c];
+    }
+    for (int c = 0; c < d; ++c) O[i][c] = rowscale[i] * acc[c];
   }
 }
 

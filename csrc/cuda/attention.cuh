@@ -131,6 +131,41 @@ __device__ __forceinline__ void load_rows(T* dst, int ld, const AttnParams& P, i
   }
 }
 
+// load_rows, returning whether any value this thread loaded is NaN or +-Inf (combine the
+// threads' answers with __syncthreads_or).
+template <typename T>
+__device__ __forceinline__ int load_rows_nonfinite(T* dst, int ld, const AttnParams& P, int slot, int b,
+                                                   int hh, const int* tok) {
+  const int d = P.d, dpad = P.dpad;
+  int bad = 0;
+  for (int e = threadIdx.x; e < P.t * dpad; e += kThreads) {
+    const int r = e / dpad, c = e % dpad, n = tok[r];
+    const T x = (n >= 0 && c < d) ? token_row<T>(P, slot, b, hh, n)[c] : from_f<T>(0.f);
+    dst[r * ld + c] = x;
+    bad |= !isfinite(to_f<T>(x));
+  }
+  return bad;
+}
+
+// O[r][c] += sum over the chunk's keys j that row r sees of P[r][j] * V[j][c] (t x dpad entries):
+// the exact product for a chunk holding a NaN/Inf value, which the dense tile_mm would spread to
+// every row through a masked key's zero weight (0 * NaN = NaN). Rare, so plain scalar code.
+template <typename T>
+__device__ __forceinline__ void pv_visible(float* O, int ldo, const T* Pm, int ldp, const T* V, int ldv,
+                                           int t, int dpad, const Geom& g, const int* qtok,
+                                           const int* ktok) {
+  for (int e = threadIdx.x; e < t * dpad; e += kThreads) {
+    const int r = e / dpad, c = e % dpad, qi = qtok[r];
+    if (qi < 0) continue;
+    float s = O[r * ldo + c];
+    for (int j = 0; j < t; ++j) {
+      const int kj = ktok[j];
+      if (kj >= 0 && visible(g, qi, kj)) s = fmaf(to_f<T>(Pm[r * ldp + j]), to_f<T>(V[j * ldv + c]), s);
+    }
+    O[r * ldo + c] = s;
+  }
+}
+
 // tensor[token tok[r]][c] = alpha * src[r][c] for valid rows, c < d.
 template <typename T>
 __device__ __forceinline__ void store_rows(const float* src, int ld, float alpha, const AttnParams& P, int slot,
@@ -142,8 +177,12 @@ __device__ __forceinline__ void store_rows(const float* src, int ld, float alpha
   }
 }
 
+// max that propagates NaN (fmaxf drops it: fmaxf(x, NaN) == x), so a NaN logit of a visible pair
+// makes its row NaN instead of vanishing from the softmax.
+__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+
 __device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 __device__ __forceinline__ float warp_sum(float v) {

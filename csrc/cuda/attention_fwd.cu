@@ -52,8 +52,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnParams P) 
     chunk_tokens(s.ktok, kr, Wq, k0, t);
     __syncthreads();
     load_rows<T>(s.K, ld.T, P, K, b, hh, s.ktok);
-    load_rows<T>(s.V, ld.T, P, V, b, hh, s.ktok);
-    __syncthreads();
+    // Block-uniform: does this chunk hold a NaN/Inf value? (then P V runs over visible pairs only)
+    const bool v_nonfinite = __syncthreads_or(load_rows_nonfinite<T>(s.V, ld.T, P, V, b, hh, s.ktok));
     tile_mm<T, false, true>(s.S, ld.S, s.Q, ld.T, s.K, ld.T, t, t, dpad, false);  // Q K^T
     __syncthreads();
     int any = 0;
@@ -70,9 +70,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnParams P) 
     // Online softmax, one warp per row: new running max, rescale O and l, P = exp(S - m).
     for (int r = warp; r < t; r += kWarps) {
       float mx = -INFINITY;
-      for (int c = lane; c < t; c += 32) mx = fmaxf(mx, s.S[r * ld.S + c]);
+      for (int c = lane; c < t; c += 32) mx = nan_max(mx, s.S[r * ld.S + c]);
       mx = warp_max(mx);
-      const float m_old = s.m[r], m_new = fmaxf(m_old, mx);
+      const float m_old = s.m[r], m_new = nan_max(m_old, mx);
       const bool empty = m_new == -INFINITY;  // nothing visible in this row yet
       const float corr = empty ? 1.f : expf(m_old - m_new);
       float sum = 0.f;
@@ -86,7 +86,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnParams P) 
       if (lane == 0) { s.m[r] = m_new; s.l[r] = s.l[r] * corr + sum; }
     }
     __syncthreads();
-    tile_mm<T, false, false>(s.O, ld.O, s.P, ld.P, s.V, ld.T, t, dpad, t, true);  // O += P V
+    if (v_nonfinite)
+      pv_visible<T>(s.O, ld.O, s.P, ld.P, s.V, ld.T, t, dpad, g, s.qtok, s.ktok);  // O += P V, exact
+    else
+      tile_mm<T, false, false>(s.O, ld.O, s.P, ld.P, s.V, ld.T, t, dpad, t, true);  // O += P V
   }
   __syncthreads();
   const int d = P.d;

@@ -4,14 +4,14 @@ Recognised by class name and attributes (no import of the source project is need
 - Swin `WindowAttention` (original Swin, timm, Swin-based GANs): `qkv`, `proj`,
   `relative_position_bias_table`, `num_heads`, `window_size` -> `transgan_fast.nn.WindowAttention`.
 - NATTEN `NeighborhoodAttention2D`: `qkv`, `proj`, `rpb`, `kernel_size`, `dilation`
-  -> `transgan_fast.nn.NeighborhoodAttention2D`.
+  -> `transgan_fast.nn.NeighborhoodAttention2D` (stride 1, odd kernel sizes, not causal).
 Weights are kept (the state dicts are layout-compatible); anything that looks like attention but
 cannot be swapped faithfully is listed with the reason.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,13 @@ def _drop_p(v) -> float:
     return float(v.p) if isinstance(v, nn.Dropout) else float(v or 0.0)
 
 
+def _persistent_index(m: nn.Module) -> bool:
+    """Whether `m` saves `relative_position_index` in its state dict (original Swin) or not (timm),
+    so the swapped model's state dict loads strictly into the unswapped one and back."""
+    return ("relative_position_index" in dict(m.named_buffers(recurse=False))
+            and "relative_position_index" not in m._non_persistent_buffers_set)
+
+
 def _swin(m: nn.Module, backend: str):
     """A fused WindowAttention equal to Swin module `m`, or the reason why not."""
     if getattr(m, "relative_position_bias_table", None) is None:
@@ -67,7 +74,8 @@ def _swin(m: nn.Module, backend: str):
     new = WindowAttention(dim, (Wh, Ww), heads, qkv_bias=m.qkv.bias is not None,
                           qk_scale=float(getattr(m, "scale", (dim // heads) ** -0.5)),
                           attn_drop=_drop_p(getattr(m, "attn_drop", 0.0)),
-                          proj_drop=_drop_p(getattr(m, "proj_drop", 0.0)), backend=backend)
+                          proj_drop=_drop_p(getattr(m, "proj_drop", 0.0)), backend=backend,
+                          persistent_index=_persistent_index(m))
     new.qkv.load_state_dict(m.qkv.state_dict())
     new.proj.load_state_dict(m.proj.state_dict())
     with torch.no_grad():
@@ -75,17 +83,38 @@ def _swin(m: nn.Module, backend: str):
     return new
 
 
-def _natten(m: nn.Module, backend: str):
-    """A fused NeighborhoodAttention2D equal to NATTEN module `m`, or the reason why not."""
+def _flags(v) -> List[int]:
+    """A NATTEN per-axis argument (int, bool or tuple) as a flat list of ints."""
+    return [int(c) for c in torch.as_tensor(v).reshape(-1).tolist()]
+
+
+def _natten_unsupported(m: nn.Module) -> Optional[str]:
+    """Why NATTEN module `m` computes something the fused module does not reproduce exactly."""
     if not isinstance(getattr(m, "qkv", None), nn.Linear) or not isinstance(getattr(m, "proj", None), nn.Linear):
         return "no qkv/proj Linear inside"
-    if any(bool(c) for c in torch.as_tensor(getattr(m, "is_causal", False)).reshape(-1).tolist()):
+    if any(_flags(getattr(m, "is_causal", False))):
         return "causal neighbourhood attention is not supported"
+    stride = _flags(getattr(m, "stride", 1))
+    if any(st != 1 for st in stride):
+        return (f"stride={tuple(stride)}: strided neighbourhood attention (queries share "
+                f"neighbourhoods in groups of `stride`) is not supported; only stride 1")
+    if any(k % 2 == 0 for k in _flags(m.kernel_size)):
+        return (f"even kernel_size={tuple(_flags(m.kernel_size))}: NATTEN's placement of an even "
+                f"window around its query is not verified against local_attention(border='shift'); "
+                f"only odd kernel sizes are swapped")
     if _drop_p(getattr(m, "attn_drop", 0.0)) > 0:
         return "attention dropout > 0 cannot run inside the fused kernels"
+    if m.qkv.out_features != 3 * m.qkv.in_features:
+        return f"attention width differs from dim (qkv {m.qkv.in_features}->{m.qkv.out_features})"
+    return None
+
+
+def _natten(m: nn.Module, backend: str):
+    """A fused NeighborhoodAttention2D equal to NATTEN module `m`, or the reason why not."""
+    why = _natten_unsupported(m)
+    if why:
+        return why
     dim, heads = m.qkv.in_features, int(m.num_heads)
-    if m.qkv.out_features != 3 * dim:
-        return f"attention width differs from dim (qkv {dim}->{m.qkv.out_features})"
     rpb = getattr(m, "rpb", None)
     new = NeighborhoodAttention2D(dim, heads, _pair(m.kernel_size), _pair(m.dilation),
                                   rel_pos_bias=rpb is not None, qkv_bias=m.qkv.bias is not None,
@@ -124,7 +153,10 @@ def replace_attention(model: nn.Module, backend: str = "auto") -> ReplaceReport:
             if looks_like:
                 report.skipped.append((name, cls, "unrecognised attention class; layout unknown"))
             continue
-        new = rule(m, backend)
+        try:
+            new = rule(m, backend)
+        except (ValueError, TypeError, AttributeError) as exc:  # a layout the rules did not foresee
+            new = f"cannot build the fused equivalent: {exc}"
         if isinstance(new, str):
             report.skipped.append((name, cls, new))
             continue

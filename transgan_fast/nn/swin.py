@@ -39,16 +39,22 @@ def swin_relative_position_index(window) -> torch.Tensor:
 
 
 class _BiasIndexMixin:
-    """Keeps `relative_position_index` in the state dict (original Swin) while accepting
-    checkpoints that omit it (timm registers it non-persistent)."""
+    """`relative_position_index` is in the state dict when persistent (original Swin) and not
+    when non-persistent (timm); checkpoints load either way: a missing index is rebuilt, a present
+    one must be Swin's."""
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "relative_position_index"
+        persistent = "relative_position_index" not in self._non_persistent_buffers_set
         if key not in state_dict:
-            state_dict[key] = self.relative_position_index
-        elif not torch.equal(state_dict[key].to(self.relative_position_index), self.relative_position_index):
-            raise ValueError(f"{type(self).__name__}: checkpoint {key} is not Swin's query-minus-key "
-                             f"index for window {self.window_size}")
+            if persistent:
+                state_dict[key] = self.relative_position_index
+        else:
+            if not torch.equal(state_dict[key].to(self.relative_position_index), self.relative_position_index):
+                raise ValueError(f"{type(self).__name__}: checkpoint {key} is not Swin's "
+                                 f"query-minus-key index for window {self.window_size}")
+            if not persistent:
+                del state_dict[key]  # (load_state_dict passes a copy)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -61,11 +67,13 @@ class WindowAttention(_BiasIndexMixin, nn.Module):
         attn_drop: dropout on attention weights; while training with `attn_drop > 0` the layer
             runs the unfused path (the kernels have no dropout). proj_drop: dropout after `proj`.
         backend: passed to the ops.
+        persistent_index: keep `relative_position_index` in the state dict (original Swin) or not
+            (timm); `replace_attention` copies the choice of the module it replaces.
     """
 
     def __init__(self, dim: int, window_size, num_heads: int, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 backend: str = "auto"):
+                 backend: str = "auto", persistent_index: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"WindowAttention: dim={dim} must be divisible by num_heads={num_heads}")
@@ -75,7 +83,8 @@ class WindowAttention(_BiasIndexMixin, nn.Module):
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(
             trunc_normal_(torch.zeros((2 * Wh - 1) * (2 * Ww - 1), num_heads)))
-        self.register_buffer("relative_position_index", swin_relative_position_index((Wh, Ww)))
+        self.register_buffer("relative_position_index", swin_relative_position_index((Wh, Ww)),
+                             persistent=persistent_index)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -122,6 +131,36 @@ class WindowAttention(_BiasIndexMixin, nn.Module):
         o = attention_qkv(self.qkv(x), self.num_heads, geom, self.relative_position_bias_table,
                           scale=self.scale, backend=self.backend)           # (B, N, C)
         return self.proj_drop(self.proj(o))
+
+    def set_window_size(self, window_size) -> None:
+        """timm's hook (called by `SwinTransformer.set_input_size`): a new window size resizes
+        the bias table with timm's own interpolation, so a swapped model matches an unswapped one.
+        An unchanged window (a new image size only) changes nothing."""
+        window_size = _pair(window_size)
+        if window_size == self.window_size:
+            return
+        try:
+            from timm.layers import resize_rel_pos_bias_table
+        except ImportError:
+            raise RuntimeError(f"WindowAttention.set_window_size: changing the window from "
+                               f"{self.window_size} to {window_size} resizes the relative-bias "
+                               f"table with timm's interpolation, and timm is not installed") from None
+        Wh, Ww = window_size
+        table = self.relative_position_bias_table
+        with torch.no_grad():
+            resized = resize_rel_pos_bias_table(table, new_window_size=window_size,
+                                                new_bias_shape=((2 * Wh - 1) * (2 * Ww - 1), self.num_heads),
+                                                old_window_size=self.window_size)
+        self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
+        persistent = "relative_position_index" not in self._non_persistent_buffers_set
+        self.register_buffer("relative_position_index",
+                             swin_relative_position_index(window_size).to(self.relative_position_index.device),
+                             persistent=persistent)
+        self.window_size = window_size
+
+    def init_non_persistent_buffers(self) -> None:
+        """timm's hook after meta-device construction: rebuild `relative_position_index`."""
+        self.relative_position_index.copy_(swin_relative_position_index(self.window_size))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, backend={self.backend!r}"

@@ -49,6 +49,8 @@ if _C is not None:
     @register_kernel("cpu", "attn_fwd")
     def attn_fwd(q, k, v, bias, geom, scale, out, lse):
         _check_f32("attn_fwd", q, k, v, bias, out, lse)
+        if q.numel() == 0:
+            return  # nothing to compute; empty views have no meaningful strides
         B, h, N, d = q.shape
         _C.attn_fwd_f32(_view(q), _view(k), _view(v), _view(out), lse.data_ptr(), _ptr(bias),
                         0 if bias is None else bias.shape[0], B, h, N, d, geom.as_list(),
@@ -57,6 +59,8 @@ if _C is not None:
     @register_kernel("cpu", "attn_bwd")
     def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
         _check_f32("attn_bwd", q, k, v, bias, out, lse, dout, dq, dk, dv, dbias)
+        if q.numel() == 0:
+            return  # empty gradients; dbias stays zero
         B, h, N, d = q.shape
         _C.attn_bwd_f32(_view(q), _view(k), _view(v), _view(out), _view(dout), _view(dq),
                         _view(dk), _view(dv), lse.data_ptr(), _ptr(bias), _ptr(dbias),

@@ -6,12 +6,26 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ._dispatch import register_kernel
+from ._dispatch import register_kernel, register_limit
 
 _C = _ext.cuda_module
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 MAX_HEAD_DIM = 256
+MAX_BATCH_HEADS = 65535  # the launch grid's y dimension holds batch * heads
+
+
+@register_limit("cuda")
+def attention_limits(call):
+    """The attention kernels' shape limits (the C++ launcher checks the same)."""
+    if call.op not in ("attention", "attention_qkv"):
+        return None
+    d, bh = call.dim("d"), call.dim("B", 1) * call.dim("heads", 1)
+    if d is not None and d > MAX_HEAD_DIM:
+        return f"head dim d={d} is above the supported {MAX_HEAD_DIM}"
+    if bh > MAX_BATCH_HEADS:
+        return f"batch * heads = {bh} is above the launch grid's limit {MAX_BATCH_HEADS}"
+    return None
 
 
 def _ptr(t):
@@ -58,6 +72,8 @@ if _C is not None:
     @_on_device
     def attn_fwd(q, k, v, bias, geom, scale, out, lse):
         """Fused attention forward into `out` (B, h, N, d) and `lse` (B, h, N) float32."""
+        if q.numel() == 0:
+            return  # nothing to compute (an empty grid is not a valid launch)
         dims = _attn_dims(q)
         views = _view(q, "q") + _view(k, "k") + _view(v, "v") + _view(out, "out")
         _C.attn_fwd(DTYPE_CODE[q.dtype], geom.as_list(), dims, float(scale), views, _ptr(bias),
@@ -67,6 +83,8 @@ if _C is not None:
     @_on_device
     def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
         """Fused attention backward into dq, dk, dv (fully written) and dbias (accumulated)."""
+        if q.numel() == 0:
+            return  # empty gradients; dbias stays zero
         dims = _attn_dims(q)
         B, h, N, _ = q.shape
         delta = torch.empty((B, h, N), dtype=torch.float32, device=q.device)  # rowsum(dO * O)

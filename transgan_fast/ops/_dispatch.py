@@ -1,17 +1,24 @@
 """Backend registry and dispatch shared by every op.
 
-A backend is a table `{op_name: kernel}` plus the devices and dtypes it serves. Backend modules
-(`_cpu.py`, `_cuda.py`, `_triton/`, and `_ref_kernels.py`) fill `KERNELS` with `register_kernel`.
-`resolve()` turns the user's `backend=` argument (or `TRANSGAN_FAST_BACKEND`) into a backend name:
-`auto` picks the fastest backend that can run this op on these tensors and logs the choice once;
-an explicit request that cannot run raises `BackendUnavailableError` saying why. Nothing falls back
-silently and nothing is cast silently.
+A backend is a table `{op_name: kernel}` plus the devices and dtypes it serves and the shape
+limits of its kernels. Backend modules (`_cpu.py`, `_cuda.py`, `_triton/`, and `_ref_kernels.py`)
+fill `KERNELS` with `register_kernel` and `LIMITS` with `register_limit`. `can_run(backend, call)`
+answers for one exact call (`Call`: op, device, dtype and the op's dimensions): built, device,
+dtype, kernels present, and every limit (head dim, batch * heads, ...). `resolve()` turns the
+user's `backend=` argument (or `TRANSGAN_FAST_BACKEND`) into a backend name: `auto` takes the first
+backend of the device's order that can run the call and logs the choice once (logger
+"transgan_fast", level INFO; the reasons the others could not are in the same line); when none can,
+the error lists every backend's reason. An explicit request that cannot run raises
+`BackendUnavailableError` saying why. Nothing falls back silently and nothing is cast silently.
+Before `auto` first uses a GPU backend for a kernel family, dtype and device, `selftest.ensure`
+checks it against the reference (see `selftest.py`).
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,14 +58,43 @@ OP_KERNELS = {
 AUTO_ORDER = {"cpu": ("cpu", "ref"), "cuda": ("cuda", "triton", "ref")}
 
 
+# LIMITS[backend] -> checks `(call) -> reason or None`; filled by the backend modules at import.
+LIMITS: Dict[str, List[Callable[["Call"], Optional[str]]]] = {b: [] for b in BACKENDS}
+
+# GPU backends: `auto` self-checks them once per (kernel family, dtype, device) before first use.
+GPU_BACKENDS = ("cuda", "triton")
+
+
 class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run this call (not built, wrong device, dtype...)."""
+    """A backend cannot run this call (not built, wrong device, dtype, shape beyond its limits)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of an op as the backends judge it: op name, device, dtype and the op's dimensions
+    (attention: `B`, `heads`, `N`, `d`, `kind`; empty for ops without shape limits)."""
+
+    op: str
+    device: torch.device
+    dtype: torch.dtype
+    dims: Tuple[Tuple[str, int], ...] = ()
+
+    def dim(self, name: str, default: Optional[int] = None) -> Optional[int]:
+        return dict(self.dims).get(name, default)
 
 
 def register_kernel(backend: str, op: str):
     """Decorator: make `fn` the `backend` kernel of `op`."""
     def deco(fn):
         KERNELS[backend][op] = fn
+        return fn
+    return deco
+
+
+def register_limit(backend: str):
+    """Decorator: add `fn(call) -> reason or None` to the limits `backend` checks for every call."""
+    def deco(fn):
+        LIMITS[backend].append(fn)
         return fn
     return deco
 
@@ -107,7 +143,8 @@ def _why_not(backend: str, op: str, device: torch.device, dtype: torch.dtype) ->
     why = backend_unavailable_reason(backend, device)
     if why:
         return why
-    allowed = DTYPES[backend].get(device.type, ())
+    # The reference is plain PyTorch: any device PyTorch runs it on.
+    allowed = DTYPES[backend].get("cpu" if backend == "ref" else device.type, ())
     if not allowed:
         return f"{backend}: does not run on {device.type} tensors"
     if dtype not in allowed:
@@ -120,13 +157,28 @@ def _why_not(backend: str, op: str, device: torch.device, dtype: torch.dtype) ->
     return None
 
 
+def can_run(backend: str, call: Call) -> Optional[str]:
+    """Why `backend` cannot run `call` ("<backend>: <reason>"), or None when it can."""
+    _load_backend_modules()
+    why = _why_not(backend, call.op, call.device, call.dtype)
+    if why:
+        return why
+    for limit in LIMITS.get(backend, ()):
+        why = limit(call)
+        if why:
+            return f"{backend}: {why}"
+    return None
+
+
 _logged = set()
 
 
-def resolve(op: str, backend: Optional[str], tensors: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> str:
+def resolve(op: str, backend: Optional[str], tensors: Sequence[Tuple[str, Optional[torch.Tensor]]],
+            dims: Optional[Dict[str, int]] = None) -> str:
     """Pick the backend for one call of `op`.
 
     `tensors` is a sequence of `(argument name, tensor or None)`: they must share one device.
+    `dims` are the op's dimensions that backends' limits judge (see `Call`).
     """
     _load_backend_modules()
     present = [(n, t) for n, t in tensors if t is not None]
@@ -135,31 +187,39 @@ def resolve(op: str, backend: Optional[str], tensors: Sequence[Tuple[str, Option
         if t.device != t0.device:
             raise ValueError(f"{op}: all tensors must be on one device; {name0} is on {t0.device} "
                              f"but {n} is on {t.device}")
-    device, dtype = t0.device, t0.dtype
+    call = Call(op, t0.device, t0.dtype, tuple(sorted((dims or {}).items())))
     requested = backend if backend is not None else "auto"
     if requested == "auto":
         requested = os.environ.get(ENV_VAR, "auto") or "auto"
     if requested not in ("auto",) + BACKENDS:
         raise ValueError(f"{op}: backend must be one of {('auto',) + BACKENDS}; got {requested!r}")
     if requested != "auto":
-        why = _why_not(requested, op, device, dtype)
+        why = can_run(requested, call)
         if why:
             raise BackendUnavailableError(f"{op}: backend {why}")
         return requested
     skipped = []
-    for cand in AUTO_ORDER.get(device.type, ("ref",)):
-        why = _why_not(cand, op, device, dtype)
-        if why is None:
-            key = (op, device.type, dtype, cand)
-            # Logger calls cannot be traced by torch.compile; the eager path logs the choice.
-            if key not in _logged and not torch.compiler.is_compiling():
-                _logged.add(key)
-                log.info("transgan_fast: %s on %s/%s -> backend %r%s", op, device.type,
-                         str(dtype).replace("torch.", ""), cand,
-                         f" (skipped: {'; '.join(skipped)})" if skipped else "")
-            return cand
-        skipped.append(why)
-    return "ref"
+    for cand in AUTO_ORDER.get(call.device.type, ("ref",)):
+        why = can_run(cand, call)
+        if why is not None:
+            skipped.append(why)
+            continue
+        if cand in GPU_BACKENDS and not torch.compiler.is_compiling():
+            from . import selftest
+            selftest.ensure(cand, call)
+        key = (op, call.device.type, call.dtype, cand)
+        # Logger calls cannot be traced by torch.compile; the eager path logs the choice.
+        if key not in _logged and not torch.compiler.is_compiling():
+            _logged.add(key)
+            log.info("transgan_fast: %s on %s/%s -> backend %r%s", op, call.device.type,
+                     str(call.dtype).replace("torch.", ""), cand,
+                     f" (skipped: {'; '.join(skipped)})" if skipped else "")
+        return cand
+    raise BackendUnavailableError(
+        f"{op}: no backend can run this call ({call.device.type}, "
+        f"{str(call.dtype).replace('torch.', '')}, {dict(call.dims) or 'no shape limits'}):\n  "
+        + "\n  ".join(skipped)
+        + f"\n(`logging.getLogger('transgan_fast').setLevel(logging.INFO)` logs every choice)")
 
 
 def kernel(backend: str, op: str) -> Callable:

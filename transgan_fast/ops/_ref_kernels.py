@@ -10,25 +10,28 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import register_kernel
+from .attention import probs_times_values
 from .geometry import bias_index, visibility
 from .resample import (PIXEL_NORM_EPS, avg_pool_seq_ref, bicubic_upsample_seq_ref, pixel_norm_ref,
                        pixel_shuffle_seq_ref, pixel_unshuffle_seq_ref)
 
 
-def _dense_probs(q, k, bias, geom, scale):
-    """Dense masked logits -> (probabilities, log-sum-exp), computed in q's dtype."""
+def _dense_probs(q, k, bias, geom, scale, with_mask=False):
+    """Dense masked logits -> (probabilities, log-sum-exp[, mask]), computed in q's dtype."""
     logits = torch.matmul(q * scale, k.transpose(-2, -1))                     # (B, h, N, N)
     if bias is not None:
         logits = logits + bias[bias_index(geom, q.device)].permute(2, 0, 1).to(logits.dtype)
-    logits = logits.masked_fill(~visibility(geom, q.device), float("-inf"))
+    mask = visibility(geom, q.device)
+    logits = logits.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)                                      # (B, h, N)
-    return torch.exp(logits - lse[..., None]), lse
+    p = torch.exp(logits - lse[..., None])
+    return (p, lse, mask) if with_mask else (p, lse)
 
 
 @register_kernel("ref", "attn_fwd")
 def attn_fwd(q, k, v, bias, geom, scale, out, lse):
-    p, l = _dense_probs(q, k, bias, geom, scale)
-    out.copy_(torch.matmul(p, v))
+    p, l, mask = _dense_probs(q, k, bias, geom, scale, with_mask=True)
+    out.copy_(probs_times_values(p, v, mask))
     lse.copy_(l)
 
 

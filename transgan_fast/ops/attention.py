@@ -20,11 +20,32 @@ from . import _dispatch
 from .geometry import GRID, AttnGeometry, bias_index, grid_geometry, local_geometry, visibility
 
 __all__ = ["grid_attention", "local_attention", "attention", "attention_qkv",
-           "attention_ref", "grid_attention_ref"]
+           "attention_ref", "grid_attention_ref", "probs_times_values"]
 
 
 # ----------------------------------------------------------------------------------------------
 # References (plain PyTorch; autograd of any order; any device and dtype).
+
+def probs_times_values(p, v, vis):
+    """`p @ v` where masked pairs contribute nothing, even when a value is NaN or +-Inf.
+
+    `p` (..., Nq, Nk) are softmax weights (exactly 0 where masked), `vis` the boolean mask
+    broadcastable to `p`, `v` (..., Nk, d). A dense product would multiply a masked key's 0 weight
+    by its NaN/Inf value and poison every row (0 * NaN = NaN); here a non-finite value reaches
+    exactly the rows that see it: NaN, or +Inf / -Inf (both: NaN, as inf + -inf).
+    """
+    out = torch.matmul(p, v)
+    if not torch.compiler.is_compiling() and bool(torch.isfinite(v).all()):
+        return out  # the common case: the dense product is exact
+    finite = torch.isfinite(v)
+    out = torch.matmul(p, torch.where(finite, v, torch.zeros_like(v)))
+    codes = torch.cat([v.isnan(), v == float("inf"), v == float("-inf")], dim=-1).to(p.dtype)
+    hits = torch.matmul(vis.to(p.dtype), codes) > 0                      # (..., Nq, 3d)
+    nan_hit, pos_hit, neg_hit = hits.split(v.shape[-1], dim=-1)
+    out = torch.where(pos_hit, torch.full_like(out, float("inf")), out)
+    out = torch.where(neg_hit, torch.full_like(out, float("-inf")), out)
+    return torch.where(nan_hit | (pos_hit & neg_hit), torch.full_like(out, float("nan")), out)
+
 
 def attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
     """Dense reference: full (N, N) logits, boolean mask from `geometry.visibility`, softmax.
@@ -42,7 +63,7 @@ def attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
         logits = logits + rel_bias[idx].permute(2, 0, 1).to(logits.dtype)  # (h, N, N)
     mask = visibility(geom, q.device)
     logits = logits.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(logits, dim=-1), v)
+    return probs_times_values(torch.softmax(logits, dim=-1), v, mask)
 
 
 def grid_attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
@@ -83,7 +104,7 @@ def grid_attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
         idx = (cy[:, None] - cy[None, :] + M1 - 1) * (2 * M2 - 1) + (cx[:, None] - cx[None, :] + M2 - 1)
         logits = logits + rel_bias[idx].permute(2, 0, 1)[:, None].to(logits.dtype)  # (h, 1, L, L)
     logits = logits.masked_fill(~mask, float("-inf"))
-    ow = torch.matmul(torch.softmax(logits, dim=-1), vw)                 # (B, h, nWin, L, d)
+    ow = probs_times_values(torch.softmax(logits, dim=-1), vw, mask)     # (B, h, nWin, L, d)
 
     o = ow.reshape(B, h, nH, nW, M1, M2, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, h, Hp, Wp, d)
     o = o[:, :, :H, :W]
@@ -94,7 +115,14 @@ def grid_attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
 # ----------------------------------------------------------------------------------------------
 # Input checking.
 
+def _check_geom(op, geom):
+    if not isinstance(geom, AttnGeometry):
+        raise TypeError(f"{op}: geom must be an AttnGeometry (from grid_geometry(...) or "
+                        f"local_geometry(...)); got {type(geom).__name__}")
+
+
 def _check_qkv(op, q, k, v, geom: AttnGeometry, rel_bias):
+    _check_geom(op, geom)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
@@ -107,6 +135,8 @@ def _check_qkv(op, q, k, v, geom: AttnGeometry, rel_bias):
         raise ValueError(f"{op}: q, k and v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.dtype.is_floating_point:
         raise ValueError(f"{op}: q must be floating point; got {q.dtype}")
+    if q.shape[3] < 1:
+        raise ValueError(f"{op}: head dim d (q.shape[3]) must be >= 1; got shape {tuple(q.shape)}")
     if q.shape[2] != geom.N:
         raise ValueError(f"{op}: q has N={q.shape[2]} tokens but hw={(geom.H, geom.W)} needs "
                          f"N = H*W = {geom.N}")
@@ -149,7 +179,9 @@ def attention(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None, backend="a
         raise ValueError(f"{op}: rel_bias must have {geom.bias_rows} rows for this geometry; "
                          f"got {rel_bias.shape[0]}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    b = _dispatch.resolve(op, backend, [("q", q), ("k", k), ("v", v), ("rel_bias", rel_bias)])
+    B, h, N, d = q.shape
+    b = _dispatch.resolve(op, backend, [("q", q), ("k", k), ("v", v), ("rel_bias", rel_bias)],
+                          dict(B=B, heads=h, N=N, d=d, kind=geom.kind))
     if b == "ref":
         return attention_ref(q, k, v, geom, rel_bias, scale)
     from . import _library
@@ -200,12 +232,14 @@ def attention_qkv(qkv, heads: int, geom: AttnGeometry, rel_bias=None, scale=None
         `(B, N, heads*d)`, ready for the output projection.
     """
     op = "attention_qkv"
+    _check_geom(op, geom)
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3:
         raise ValueError(f"{op}: qkv must be 3-D (B, N, 3*heads*d); got "
                          f"{getattr(qkv, 'shape', type(qkv).__name__)}")
     B, N, C3 = qkv.shape
-    if not isinstance(heads, int) or heads < 1 or C3 % (3 * heads):
-        raise ValueError(f"{op}: qkv's last dim {C3} must be divisible by 3*heads (heads={heads})")
+    if not isinstance(heads, int) or heads < 1 or C3 % (3 * heads) or C3 == 0:
+        raise ValueError(f"{op}: qkv's last dim {C3} must be positive and divisible by 3*heads "
+                         f"(heads={heads}; head dim d = C / (3*heads) >= 1)")
     if N != geom.N:
         raise ValueError(f"{op}: qkv has N={N} tokens but hw={(geom.H, geom.W)} needs N = {geom.N}")
     if not qkv.dtype.is_floating_point:
@@ -216,7 +250,8 @@ def attention_qkv(qkv, heads: int, geom: AttnGeometry, rel_bias=None, scale=None
                          f"got {rel_bias.shape[0]}")
     d = C3 // (3 * heads)
     scale = d ** -0.5 if scale is None else float(scale)
-    b = _dispatch.resolve(op, backend, [("qkv", qkv), ("rel_bias", rel_bias)])
+    b = _dispatch.resolve(op, backend, [("qkv", qkv), ("rel_bias", rel_bias)],
+                          dict(B=B, heads=heads, N=N, d=d, kind=geom.kind))
     if b == "ref":
         q, k, v = qkv.reshape(B, N, 3, heads, d).permute(2, 0, 3, 1, 4)   # 3 x (B, h, N, d)
         o = attention_ref(q, k, v, geom, rel_bias, scale)                 # (B, h, N, d)

@@ -38,6 +38,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 GRID, BAND, CLIP, NBHD = 0, 1, 2, 3
+INT32_MAX = 2 ** 31 - 1  # the kernels take the geometry and token indices as int32
 KIND_NAMES = {GRID: "grid", BAND: "band1d", CLIP: "window2d-clip", NBHD: "window2d-shift"}
 
 
@@ -100,8 +101,7 @@ def grid_geometry(hw, window, shift=(0, 0), bias_rows: Optional[int] = None,
     H, W = _pair(hw, "hw", op)
     M1, M2 = _pair(window, "window", op)
     s1, s2 = _pair(shift, "shift", op)
-    if H < 1 or W < 1:
-        raise ValueError(f"{op}: hw must be positive; got hw={(H, W)}")
+    _check_hw(op, H, W)
     if not (1 <= M1 <= H and 1 <= M2 <= W):
         raise ValueError(f"{op}: window {(M1, M2)} must fit inside the map (1 <= window <= hw); "
                          f"got hw={(H, W)}")
@@ -114,16 +114,27 @@ def grid_geometry(hw, window, shift=(0, 0), bias_rows: Optional[int] = None,
     return geom
 
 
+def _check_hw(op, H, W):
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: hw must be positive; got hw={(H, W)}")
+    if H * W > INT32_MAX:
+        raise ValueError(f"{op}: hw={(H, W)} has H*W = {H * W} tokens; the kernels index tokens "
+                         f"with int32 (at most {INT32_MAX})")
+
+
 def local_geometry(hw, mode="window2d", kernel_size=(7, 7), border="clip", dilation=(1, 1),
                    width=None, bias_rows: Optional[int] = None,
                    op: str = "local_attention") -> AttnGeometry:
     H, W = _pair(hw, "hw", op)
-    if H < 1 or W < 1:
-        raise ValueError(f"{op}: hw must be positive; got hw={(H, W)}")
+    _check_hw(op, H, W)
     full = (2 * H - 1) * (2 * W - 1)
     if mode == "band1d":
         if width is None or not isinstance(width, int) or isinstance(width, bool) or width < 0:
             raise ValueError(f"{op}: mode='band1d' needs an int width >= 0; got width={width!r}")
+        if width > INT32_MAX:
+            raise ValueError(f"{op}: band1d width={width} does not fit the kernels' int32 geometry "
+                             f"(at most {INT32_MAX}); any width >= N-1 = {H * W - 1} already "
+                             f"sees every token")
         geom = AttnGeometry(H, W, BAND, (width, 0, 0, 0), (H, W))
         if bias_rows is not None and bias_rows != full:
             raise ValueError(f"{op}: rel_bias for mode='band1d' must have (2H-1)*(2W-1) = {full} "
@@ -144,6 +155,9 @@ def local_geometry(hw, mode="window2d", kernel_size=(7, 7), border="clip", dilat
             raise ValueError(f"{op}: dilation is only supported with border='shift'; "
                              f"got dilation={(d1, d2)}")
         r1, r2 = (k1 - 1) // 2, (k2 - 1) // 2
+        if max(r1, r2) > INT32_MAX // 2:
+            raise ValueError(f"{op}: kernel_size={(k1, k2)} does not fit the kernels' int32 "
+                             f"geometry; any kernel_size >= 2*max(hw)-1 already sees the whole map")
         minimal = (2 * r1 + 1) * (2 * r2 + 1)
         bias_hw = (r1 + 1, r2 + 1)
         if bias_rows is not None and bias_rows != minimal:

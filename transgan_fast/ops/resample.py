@@ -161,9 +161,11 @@ def avg_pool_seq(x, hw, backend="auto"):
 def pixel_norm(x, backend="auto"):
     """`x / sqrt(mean(x^2, last dim) + 1e-8)`: TransGAN's parameter-free normalisation."""
     op = "pixel_norm"
-    if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.dtype.is_floating_point:
-        raise ValueError(f"{op}: x must be a floating-point tensor with at least 1 dim; got "
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(f"{op}: x must be a tensor with at least 1 dim; got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{op}: x must be floating point; got dtype {x.dtype}")
     b = _dispatch.resolve(op, backend, [("x", x)])
     if b == "ref":
         return pixel_norm_ref(x)

@@ -134,6 +134,14 @@ def rect_points(idx, total, ra0, rb0, RB, c0, c1, H, W, P0, P1, P2, P3, KIND: tl
 
 
 @triton.jit
+def slice_offset(bt, hd, sb, sh):
+    """Element offset of the (batch `bt`, head `hd`) slice of a tensor with batch/head strides
+    `sb`, `sh`, computed in int64: program ids and small strides arrive as int32, and
+    `hd * sh` alone passes 2**31 once heads * N * d does."""
+    return bt.to(tl.int64) * sb + hd.to(tl.int64) * sh
+
+
+@triton.jit
 def load_pair(A, B, sa, sb, tok, valid, offs_d, dmask):
     """Rows `tok` of two `(N, d)` slices (e.g. key and value) as `(rows, DP)` tiles, zero-padded."""
     mask = valid[:, None] & dmask[None, :]

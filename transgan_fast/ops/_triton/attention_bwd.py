@@ -28,8 +28,10 @@ def delta_kernel(O, DO, Delta, sob, soh, son, sdb, sdh, sdn, heads, N, d,
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, DP)
     mask = (rows < N)[:, None] & (offs_d < d)[None, :]
-    o = tl.load(O + bt * sob + hd * soh + rows[:, None] * son + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DO + bt * sdb + hd * sdh + rows[:, None] * sdn + offs_d[None, :], mask=mask, other=0.0)
+    r64 = rows[:, None].to(tl.int64)
+    o = tl.load(O + G.slice_offset(bt, hd, sob, soh) + r64 * son + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + G.slice_offset(bt, hd, sdb, sdh) + r64 * sdn + offs_d[None, :], mask=mask,
+                 other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + (bt * heads + hd) * N + rows, delta, mask=rows < N)
 
@@ -50,7 +52,7 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
                 sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
                 skgb, skgh, skgn, svgb, svgh, svgn,
                 heads, d, scale, LYM, LXM, TX,
-                H, W, P0, P1, P2, P3, B1, B2, AP0, AP1,
+                H, W, P0, P1, P2, P3, B1, B2, AP0, AP1, BH,
                 KIND: tl.constexpr, AX0: tl.constexpr, AX1: tl.constexpr,
                 HAS_BIAS: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -66,8 +68,8 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     offs_d = tl.arange(0, DP)
     dmask = offs_d < d
     kmask = kvalid[:, None] & dmask[None, :]
-    k, v = G.load_pair(K + bt * skb + hd * skh, V + bt * svb + hd * svh, skn, svn, ktok, kvalid,
-                       offs_d, dmask)
+    k, v = G.load_pair(K + G.slice_offset(bt, hd, skb, skh), V + G.slice_offset(bt, hd, svb, svh),
+                       skn, svn, ktok, kvalid, offs_d, dmask)
     qa0, qa1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
     qb0, qb1 = G.partner_range(b_lo, b_hi, LX, AP1, AX1)
     QB = qb1 - qb0
@@ -79,8 +81,8 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     for start in range(0, total, BLOCK_M):
         yi, xi, qtok, qvalid = G.rect_points(start + offs_m, total, qa0, qb0, QB, c0, c1,
                                              H, W, P0, P1, P2, P3, KIND)
-        q, do = G.load_pair(Q + bt * sqb + hd * sqh, DO + bt * sdb + hd * sdh, sqn, sdn, qtok, qvalid,
-                            offs_d, dmask)
+        q, do = G.load_pair(Q + G.slice_offset(bt, hd, sqb, sqh), DO + G.slice_offset(bt, hd, sdb, sdh),
+                            sqn, sdn, qtok, qvalid, offs_d, dmask)
         lse = tl.load(Lse + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
         dl = tl.load(Delta + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
         p, vis, row = _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
@@ -91,9 +93,9 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
 
     dk = dk * scale
-    tl.store(DK + bt * skgb + hd * skgh + ktok[:, None] * skgn + offs_d[None, :],
+    tl.store(DK + G.slice_offset(bt, hd, skgb, skgh) + ktok[:, None] * skgn + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=kmask)
-    tl.store(DV + bt * svgb + hd * svgh + ktok[:, None] * svgn + offs_d[None, :],
+    tl.store(DV + G.slice_offset(bt, hd, svgb, svgh) + ktok[:, None] * svgn + offs_d[None, :],
              dv.to(DV.dtype.element_ty), mask=kmask)
 
 
@@ -101,7 +103,7 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
 def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
               sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn, sqgb, sqgh, sqgn,
               heads, d, scale, LYM, LXM, TX,
-              H, W, P0, P1, P2, P3, B1, B2, AP0, AP1,
+              H, W, P0, P1, P2, P3, B1, B2, AP0, AP1, BH,
               KIND: tl.constexpr, AX0: tl.constexpr, AX1: tl.constexpr,
               HAS_BIAS: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -116,8 +118,8 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
     offs_d = tl.arange(0, DP)
     dmask = offs_d < d
     qmask = qvalid[:, None] & dmask[None, :]
-    q, do = G.load_pair(Q + bt * sqb + hd * sqh, DO + bt * sdb + hd * sdh, sqn, sdn, qtok, qvalid,
-                        offs_d, dmask)
+    q, do = G.load_pair(Q + G.slice_offset(bt, hd, sqb, sqh), DO + G.slice_offset(bt, hd, sdb, sdh),
+                        sqn, sdn, qtok, qvalid, offs_d, dmask)
     lse = tl.load(Lse + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
     dl = tl.load(Delta + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
     ka0, ka1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
@@ -130,8 +132,8 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
     for start in range(0, total, BLOCK_N):
         yj, xj, ktok, kvalid = G.rect_points(start + offs_n, total, ka0, kb0, KB, c0, c1,
                                              H, W, P0, P1, P2, P3, KIND)
-        k, v = G.load_pair(K + bt * skb + hd * skh, V + bt * svb + hd * svh, skn, svn, ktok, kvalid,
-                           offs_d, dmask)
+        k, v = G.load_pair(K + G.slice_offset(bt, hd, skb, skh), V + G.slice_offset(bt, hd, svb, svh),
+                           skn, svn, ktok, kvalid, offs_d, dmask)
         p, vis, row = _probs(q, k, yi, xi, yj, xj, qvalid, kvalid, lse, Bias, hd, heads, scale,
                              H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
@@ -140,7 +142,7 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
             tl.atomic_add(DBias + row * heads + hd, ds, mask=vis)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
 
-    tl.store(DQ + bt * sqgb + hd * sqgh + qtok[:, None] * sqgn + offs_d[None, :],
+    tl.store(DQ + G.slice_offset(bt, hd, sqgb, sqgh) + qtok[:, None] * sqgn + offs_d[None, :],
              (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
 
 
@@ -155,6 +157,8 @@ def _s3(t):
 def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
     """Kernel-contract entry (see `_library`): writes dq, dk, dv; adds into the zeroed `dbias`."""
     B, h, N, d = q.shape
+    if q.numel() == 0:
+        return  # empty gradients; dbias stays zero
     dp = max(16, G.next_pow2(d))
     delta = torch.empty((B, h, N), dtype=torch.float32, device=q.device)
     blk = 16 if tuning.interpreting() else 64
@@ -169,16 +173,17 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
     dbias_arg = dbias if has_bias else torch.zeros(1, dtype=torch.float32, device=q.device)
     elt = q.element_size()
     strides = (*_s3(q), *_s3(k), *_s3(v), *_s3(dout))
+    bh = G.next_pow2(B * h)  # autotune key: how many (batch, head) slices share the GPU
 
     AX0, AX1 = G.kind_axes(geom.kind, backward=True)
     AP0, AP1 = G.axis_params(geom, backward=True)
     grid_k = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_N"]), h, B)  # noqa: E731
     _dkdv(grid_k, dp, elt, q, k, v, bias_arg, dout, lse, delta, dk, dv, *strides, *_s3(dk), *_s3(dv),
-          h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1, AX0=AX0, AX1=AX1, **consts)
+          h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1, bh, AX0=AX0, AX1=AX1, **consts)
 
     AX0, AX1 = G.kind_axes(geom.kind, backward=False)
     AP0, AP1 = G.axis_params(geom, backward=False)
     grid_q = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, B)  # noqa: E731
     _dq(grid_q, dp, elt, q, k, v, bias_arg, dout, lse, delta, dq, dbias_arg,
-        *strides, *_s3(dq), h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1,
+        *strides, *_s3(dq), h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1, bh,
         AX0=AX0, AX1=AX1, **consts)

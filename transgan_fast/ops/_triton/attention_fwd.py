@@ -75,7 +75,7 @@ def _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale, ka0, kb
 def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
                     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
                     heads, d, scale, LYM, LXM, TX,
-                    H, W, P0, P1, P2, P3, B1, B2, AP0, AP1,
+                    H, W, P0, P1, P2, P3, B1, B2, AP0, AP1, BH,
                     KIND: tl.constexpr, AX0: tl.constexpr, AX1: tl.constexpr,
                     HAS_BIAS: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -89,7 +89,7 @@ def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
     offs_d = tl.arange(0, DP)
     dmask = offs_d < d
 
-    q_ptrs = Q + bt.to(tl.int64) * sqb + hd * sqh + qtok[:, None] * sqn + offs_d[None, :]
+    q_ptrs = Q + G.slice_offset(bt, hd, sqb, sqh) + qtok[:, None] * sqn + offs_d[None, :]
     q = tl.load(q_ptrs, mask=qvalid[:, None] & dmask[None, :], other=0.0)
 
     # Key rectangle of this query tile, in lattice coordinates.
@@ -98,8 +98,8 @@ def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
     KB = kb1 - kb0
     total = (ka1 - ka0) * KB
 
-    Kb = K + bt.to(tl.int64) * skb + hd * skh  # this (batch, head) slice of k and v
-    Vb = V + bt.to(tl.int64) * svb + hd * svh
+    Kb = K + G.slice_offset(bt, hd, skb, skh)  # this (batch, head) slice of k and v
+    Vb = V + G.slice_offset(bt, hd, svb, svh)
     m_i, l_i, acc, bad = _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale,
                                  ka0, kb0, KB, total, c0, c1, dmask, H, W, P0, P1, P2, P3, B1, B2,
                                  KIND, HAS_BIAS, DP, PREC, BLOCK_M, BLOCK_N, False)
@@ -110,7 +110,7 @@ def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
 
     l_safe = tl.where(qvalid, l_i, 1.0)
     out = acc / l_safe[:, None]
-    o_ptrs = Out + bt.to(tl.int64) * sob + hd * soh + qtok[:, None] * son + offs_d[None, :]
+    o_ptrs = Out + G.slice_offset(bt, hd, sob, soh) + qtok[:, None] * son + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=qvalid[:, None] & dmask[None, :])
     N = H * W
     lse_ptrs = Lse + (bt.to(tl.int64) * heads + hd) * N + qtok
@@ -123,6 +123,8 @@ _launcher = tuning.Launcher(attn_fwd_kernel)
 def attn_fwd(q, k, v, bias, geom, scale, out, lse):
     """Kernel-contract entry (see `_library`): writes `out` and `lse`."""
     B, h, N, d = q.shape
+    if q.numel() == 0:
+        return  # nothing to compute (an empty grid is not a valid launch)
     dp = max(16, G.next_pow2(d))
     n_lat, (LYM, LXM), TX = G.lattice_plan(geom)
     AX0, AX1 = G.kind_axes(geom.kind, backward=False)
@@ -134,6 +136,6 @@ def attn_fwd(q, k, v, bias, geom, scale, out, lse):
               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
               h, d, float(scale), LYM, LXM, TX,
-              geom.H, geom.W, *geom.p, *geom.bias_hw, AP0, AP1,
+              geom.H, geom.W, *geom.p, *geom.bias_hw, AP0, AP1, G.next_pow2(B * h),
               KIND=geom.kind, AX0=AX0, AX1=AX1, HAS_BIAS=has_bias, DP=dp,
               PREC=tuning.dot_precision(q.dtype))

@@ -1,7 +1,7 @@
 """Registration of the Triton kernels with the dispatch table (`_dispatch.register_kernel`)."""
 from __future__ import annotations
 
-from .._dispatch import register_kernel
+from .._dispatch import register_kernel, register_limit
 from .attention_bwd import attn_bwd, delta_kernel, dkdv_kernel, dq_kernel
 from .attention_fwd import attn_fwd, attn_fwd_kernel
 from .shuffle import pixel_shuffle_seq, pixel_unshuffle_seq, shuffle_kernel, unshuffle_kernel
@@ -13,3 +13,21 @@ register_kernel("triton", "pixel_unshuffle_seq")(pixel_unshuffle_seq)
 
 # Every @triton.jit kernel of the backend (for torch's AOTAutograd cache key; see `_library`).
 ALL_KERNELS = [attn_fwd_kernel, delta_kernel, dkdv_kernel, dq_kernel, shuffle_kernel, unshuffle_kernel]
+
+MAX_HEAD_DIM = 256     # the padded head dim DP of every tile configuration (tuning.DEFAULT_CONFIGS)
+MAX_GRID_YZ = 65535    # heads and batch are the launch grid's y and z dimensions
+
+
+@register_limit("triton")
+def attention_limits(call):
+    """The attention kernels' shape limits."""
+    if call.op not in ("attention", "attention_qkv"):
+        return None
+    d = call.dim("d")
+    if d is not None and d > MAX_HEAD_DIM:
+        return f"head dim d={d} is above the supported {MAX_HEAD_DIM}"
+    for name in ("heads", "B"):
+        n = call.dim(name, 1)
+        if n > MAX_GRID_YZ:
+            return f"{name}={n} is above the launch grid's limit {MAX_GRID_YZ}"
+    return None

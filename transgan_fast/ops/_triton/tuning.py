@@ -1,9 +1,10 @@
 """Launch configurations and the launch itself: fixed defaults, the autotuning space for sm_80 /
 sm_90, shared-memory pruning, and `launch`, which goes through `torch.library.wrap_triton`.
 
-Autotuning (`triton.autotune`, keyed on the padded head dim, geometry kind, bias, map size and window
-or kernel size, since the best tile follows the key rectangle a query tile sees; Triton adds the
-argument dtypes to the key) runs on CUDA devices unless `TRANSGAN_FAST_TRITON_AUTOTUNE=0`; under
+Autotuning (`triton.autotune`, keyed on the padded head dim, geometry kind, bias, map size, all four
+geometry parameters - window/kernel size and shift/dilation, since the best tile follows the key
+rectangle a query tile sees - and `BH`, batch * heads rounded up to a power of two, since the
+number of programs decides how well a tile size fills the GPU; Triton adds the argument dtypes) runs on CUDA devices unless `TRANSGAN_FAST_TRITON_AUTOTUNE=0`; under
 the interpreter (`TRITON_INTERPRET=1`) it is always off and a small fixed tile keeps tests fast.
 Every configuration computes the same sums in float32 (only the tile order changes), so the choice
 never moves results beyond docs/ops.md §4 tolerances.
@@ -153,7 +154,7 @@ class Launcher:
     def tuned(self):
         if self._tuned is None:
             self._tuned = triton.autotune(
-                configs=configs_for_device(), key=["DP", "KIND", "HAS_BIAS", "H", "W", "P0", "P1"],
+                configs=configs_for_device(), key=["DP", "KIND", "HAS_BIAS", "H", "W", "P0", "P1", "P2", "P3", "BH"],
                 reset_to_zero=self.reset_to_zero,
                 prune_configs_by={"early_config_prune": prune_for_smem})(self.kernel)
         return self._tuned
