@@ -111,6 +111,8 @@ class CrossAttention(nn.Module):
 
     celebahq256's self-modulation: bias-free q/k/v, `heads` heads, output projection with bias,
     no norm before it. The 64 latent tokens make the key set tiny, so this runs on torch's SDPA.
+    `noise_strength` is declared and never used, as in the released model (Celeba256_gen), so
+    parameter counts and official checkpoints match; it gets no gradient.
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int = 4, backend: str = "auto"):
@@ -122,6 +124,7 @@ class CrossAttention(nn.Module):
         self.k = nn.Linear(context_dim, dim, bias=False)
         self.v = nn.Linear(context_dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim)
+        self.noise_strength = nn.Parameter(torch.zeros([]))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
