@@ -225,7 +225,8 @@ class Trainer:
         if s.get("scaler_g"):
             self.scaler_g.load_state_dict(s["scaler_g"])
             self.scaler_d.load_state_dict(s["scaler_d"])
-        self.loader.sampler.load_state_dict(s["sampler"])
+        if s.get("sampler") is not None:  # None: converted from a released checkpoint
+            self.loader.sampler.load_state_dict(s["sampler"])
         self.step_idx, self.images_seen = int(s["step"]), int(s["images_seen"])
-        if restore_global_rng:
+        if restore_global_rng and s.get("rng") is not None:
             restore_rng(s["rng"])
