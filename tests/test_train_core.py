@@ -183,6 +183,15 @@ def test_n_critic_and_batches():
     assert t.images_seen == 28
 
 
+def test_ema_beta_counts_the_d_batch():
+    """Released rule: beta = 0.5^(D batch of one iteration / min(ema_kimg, rampup x images))."""
+    for accum in (1, 2):
+        t = _trainer(n_critic=3, g_batch=6, accum_d=accum, ema_kimg=0.01, ema_rampup=0.5)
+        for _ in range(4):
+            s = t.step()
+        assert s["G/ema_beta"] == 0.5 ** ((4 // accum) / min(10.0, 0.5 * 12))
+
+
 def test_accumulation_matches_full_batch():
     """accum_d=2 / accum_g=2 give the same update as one full batch (no drift: it is per-microbatch)."""
     outs = []

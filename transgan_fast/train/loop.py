@@ -175,7 +175,10 @@ class Trainer:
                         stats["G/sr"] = stats.get("G/sr", 0.0) + sr.item() / cfg.accum_g
                 self.scaler_g.scale(loss / cfg.accum_g).backward()
             stats["G/grad_norm"] = self._optimizer_step(self.G, self.opt_g, self.scaler_g)
-            stats["G/ema_beta"] = self.ema.update(self.G, cfg.g_batch, self.images_seen)
+            # The released rule counts the D batch of one iteration (dis_batch_size x world
+            # size; 64 for CIFAR-10), not the G batch: beta = 0.5^(64 / ema_nimg).
+            stats["G/ema_beta"] = self.ema.update(self.G, cfg.batch // cfg.accum_d,
+                                                  self.images_seen)
             self.D.requires_grad_(True)
 
         self.step_idx += 1
