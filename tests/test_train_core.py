@@ -206,6 +206,16 @@ def test_ema_beta_rule_and_update():
     assert ema.module.weight.device == src.weight.device
 
 
+def test_run_length_defaults_are_the_released_launchers():
+    """--max_iter 500000 G iterations = max_iter x n_critic loader iterations of -dis_bs images."""
+    for preset, n_critic, dis_bs in (("cifar10", 4, 64), ("stl10", 5, 32), ("church256", 4, 16),
+                                     ("celebahq256", 4, 16)):
+        c = resolve_config(preset=preset)
+        assert c.kimg == 500_000 * n_critic * dis_bs / 1000 and c.n_critic == n_critic
+        assert c.batch == dis_bs * c.accum_d  # one D step = accum_d loader iterations
+    assert resolve_config(preset="cifar10", kimg=5.0).kimg == 5.0
+
+
 def test_config_resolution():
     c = resolve_config(preset="stl10")
     assert (c.resolution, c.batch, c.g_batch, c.n_critic) == (48, 32, 64, 5)

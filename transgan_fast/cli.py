@@ -1,7 +1,7 @@
 """The `transgan-fast` command: train, generate, demo, info, bench, convert.
 
     transgan-fast demo                      # a small TransGAN on built-in shapes, a few CPU minutes
-    transgan-fast train --preset cifar10 --data cifar10:~/cifar-10-batches-py --kimg 50000
+    transgan-fast train --preset cifar10 --data cifar10:~/cifar-10-batches-py   # the released run
     torchrun --nproc_per_node 8 -m transgan_fast.cli train ...   # data parallel, same options
     transgan-fast generate --checkpoint runs/00000-.../ckpt-000001000.pt --seeds 0-63
     transgan-fast info                      # which kernel backends are built and usable here
@@ -48,7 +48,8 @@ def main():
 @click.option("--data", default="shapes", help="'shapes' (built-in), an image folder, a .zip, "
               "'cifar10:<dir of python batches>' or 'stl10:<*_X.bin or dir>'.")
 @click.option("--outdir", default="runs", help="Parent directory of run directories.")
-@click.option("--kimg", type=float, default=1000.0, help="Train for this many thousand real images.")
+@click.option("--kimg", type=float, default=None, help="Train for this many thousand real images "
+              "[default: the released run's: cifar10 128000, stl10 80000, church256/celebahq256 32000].")
 @click.option("--batch", type=int, default=None, help="Global D batch [default: preset's].")
 @click.option("--g-batch", type=int, default=None, help="Global G batch [default: 2 x batch].")
 @click.option("--n-critic", type=int, default=None, help="D steps per G step [default: preset's].")
