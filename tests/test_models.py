@@ -82,19 +82,31 @@ def test_full_size_shapes_on_meta(preset):
 
 
 def test_initialisation():
+    """The released initialisation: trunc_normal_(std=.02) cut at +-2 absolute (not 2 std); D
+    linears trunc-normal with zero bias; conv weights Xavier, conv biases PyTorch's default
+    (released weights_init only touches conv weights); G linears PyTorch's default."""
     G, D = build("cifar10", g_noise=True)
     for name, p in list(G.named_parameters()) + list(D.named_parameters()):
         if "noise_strength" in name:
             assert p.item() == 0.0, name
         elif name.endswith("rel_bias") or "pos" in name or "cls_token" in name:
-            assert p.abs().max() <= 0.04 + 1e-6 and 0.01 < p.std() < 0.03, name
+            assert 0.015 < p.std() < 0.025 and p.abs().max() < 0.2, name
+    big = torch.cat([p.detach().flatten() for n, p in G.named_parameters() if n.startswith("pos.")])
+    assert 0.035 < (big.abs() > 0.04).float().mean() < 0.056  # 4.55% beyond 2 std: nothing cut
     for name, m in D.named_modules():
         if isinstance(m, torch.nn.Linear):
-            assert m.weight.abs().max() <= 0.04 + 1e-6 and 0.015 < m.weight.std() < 0.025, name
+            assert 0.015 < m.weight.std() < 0.025, name
             assert m.bias is None or not m.bias.any(), name
+    for conv in [e.conv for e in D.embeds] + [G.to_rgb]:
+        fan_in = conv.weight[0].numel()
+        bound = (6 / (fan_in + conv.weight.shape[0] * conv.weight[0, 0].numel())) ** 0.5
+        assert conv.weight.abs().max() <= bound + 1e-6 and conv.weight.std() > 0.4 * bound
+        assert conv.bias.abs().max() <= fan_in ** -0.5 + 1e-6 and conv.bias.std() > 0
     # Generator linears keep PyTorch's default (kaiming-uniform, bound 1/sqrt(fan_in)).
     w = G.stages[0][0].mlp.fc1.weight
     assert w.abs().max() <= 1024 ** -0.5 + 1e-6 and w.std() > 0.5 * 1024 ** -0.5 / 3 ** 0.5
+    Ghq, _ = build("celebahq256", **TINY["celebahq256"])
+    assert not Ghq.mod_pos.any()  # released embed_pos is never initialised
 
 
 def test_config_overrides_and_errors():

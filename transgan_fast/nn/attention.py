@@ -23,8 +23,9 @@ __all__ = ["Attention", "CrossAttention", "trunc_normal_"]
 
 
 def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    """Truncated normal at +-2 std (the ViT/Swin convention), in place."""
-    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+    """Normal(0, std) truncated at +-2 absolute, in place: the released TransGAN's and timm's
+    `trunc_normal_(t, std=.02)` (cut at a=-2, b=2, not at 2 std), so at std 0.02 no value is cut."""
+    return nn.init.trunc_normal_(t, std=std, a=-2.0, b=2.0)
 
 
 def _pair(v) -> Tuple[int, int]:
