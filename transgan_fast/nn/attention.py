@@ -43,7 +43,7 @@ class Attention(nn.Module):
         rel_bias: learn a Swin-style relative-position table `((2M1-1)(2M2-1), heads)` (`M` = the
             window side, the whole map for global layers).
         noise: learn the attention-noise scale `s` (init 0): `x += n * s`, `n ~ N(0, 1)` of
-            shape `(B, N, 1)`, before the qkv projection.
+            shape `(B, N, 1)` (drawn in window order for grid layers), before the qkv projection.
         locality: a `LocalitySchedule` masking this (global) layer; call `set_progress`.
         backend: passed to the ops ("auto", "ref", "cpu", "cuda", "triton").
     """
@@ -93,12 +93,23 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: expected x of shape (B, {self.geom.N}, {self.dim}) for "
                              f"hw={self.hw}; got {tuple(x.shape)}")
         if self.noise_strength is not None:
-            # Drawn in float32 whatever x's dtype, so one seed gives the same noise in every dtype.
-            n = torch.randn(B, N, 1, device=x.device).to(x.dtype)          # (B, N, 1)
-            x = x + n * self.noise_strength
+            x = x + self._noise(B, N, x) * self.noise_strength
         qkv = self.qkv(x)                                                   # (B, N, 3C)
         o = attention_qkv(qkv, self.heads, self.geom, self.rel_bias, backend=self.backend)  # (B, N, C)
         return self.proj(o)
+
+    def _noise(self, B: int, N: int, x: torch.Tensor) -> torch.Tensor:
+        """`(B, N, 1)` standard normal noise, drawn in float32 whatever x's dtype (one seed gives
+        the same noise in every dtype). A grid layer draws it in window order, as the released
+        models do on their window-partitioned `(B * windows, M1 * M2, 1)` tensor, so one seed
+        gives the released noise; maps the windows do not tile draw it per token, row-major."""
+        (H, W), (M1, M2) = self.hw, self.window
+        if (M1, M2) != (H, W) and H % M1 == 0 and W % M2 == 0:
+            n = torch.randn(B, H // M1, W // M2, M1, M2, device=x.device)  # (B, nh, nw, M1, M2)
+            n = n.permute(0, 1, 3, 2, 4).reshape(B, N, 1)                   # (B, N, 1) row-major
+        else:
+            n = torch.randn(B, N, 1, device=x.device)                        # (B, N, 1)
+        return n.to(x.dtype)
 
     def extra_repr(self) -> str:
         kind = "global" if self.window == self.hw else f"grid{self.window}"
