@@ -6,6 +6,8 @@ the shape of every tensor. Nothing is downloaded.
 """
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -235,6 +237,27 @@ def test_filter_bank_buffer_is_checked():
     bad = dict(ck["dis_state_dict"], **{"module.Hz_fbank": filter_bank() * 2})
     with pytest.raises(ValueError, match="buffer 'Hz_fbank'"):
         official_to_package(bad, D, "celeba")
+
+
+def test_numpy1_scalar_in_file_loads(tmp_path):
+    """best_fid pickled by numpy 1.x refers to numpy.core.multiarray.scalar; it loads safely."""
+    preset, tiny = "cifar10", TINY["cifar10"]
+    G, D = build(preset, **tiny)
+    path = tmp_path / "ck.pth"
+    torch.save(_released_checkpoint(preset, G, D), path)
+    data = {}
+    with zipfile.ZipFile(path) as z:
+        for n in z.namelist():
+            data[n] = z.read(n)
+    pkl = next(n for n in data if n.endswith("data.pkl"))
+    new = data[pkl].replace(b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n")
+    assert new != data[pkl]
+    data[pkl] = new
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in data.items():
+            z.writestr(n, b)
+    G2, _ = load_official(str(path), preset, **tiny)
+    assert G2.latent_dim == tiny["latent_dim"]
 
 
 class _Opaque:

@@ -206,10 +206,9 @@ def read_official(checkpoint: Union[str, os.PathLike, Mapping[str, Any]]) -> Dic
         raise FileNotFoundError(f"load_official: no checkpoint file at {path!r}")
     safe = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
             type(np.dtype(np.int64))]
-    try:
-        safe.append(np._core.multiarray.scalar)
-    except AttributeError:  # numpy < 2
-        safe.append(np.core.multiarray.scalar)
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    # Files written under numpy 1.x (the released ones) name it numpy.core.multiarray.scalar.
+    safe += [scalar, (scalar, "numpy.core.multiarray.scalar")]
     try:
         with torch.serialization.safe_globals(safe):
             return torch.load(path, map_location="cpu", weights_only=True)
