@@ -213,9 +213,11 @@ def read_official(checkpoint: Union[str, os.PathLike, Mapping[str, Any]]) -> Dic
         with torch.serialization.safe_globals(safe):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
+        why = lines[0] if lines else str(exc).splitlines()[0]
         raise ValueError(
             f"load_official: {path!r} pickles objects beyond tensors, numbers, strings and numpy "
-            f"scalars, so it cannot be read safely ({str(exc).splitlines()[0]}). If you trust the "
+            f"scalars, so it cannot be read safely ({why}). If you trust the "
             f"file, load it yourself with torch.load(path, map_location='cpu', weights_only=False) "
             f"and pass the resulting dict to load_official") from None
 
