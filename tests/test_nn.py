@@ -146,6 +146,29 @@ def test_noise_source_generator_and_off_switch():
     assert not torch.equal(out2, out)
 
 
+def test_grid_attention_noise_is_drawn_per_window():
+    """The released grid stages add noise to the window-partitioned (B * windows, M*M, 1) tensor:
+    with the same seed, token (y, x) gets element [b * windows + window index, position in window]."""
+    B, H, W, M = 2, 4, 6, 2
+    layer = Attention(8, (H, W), window=(M, M), noise=True)
+    plain = Attention(8, (H, W), window=(M, M))
+    with torch.no_grad():
+        layer.noise_strength.fill_(0.7)
+    plain.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "noise_strength"})
+    x = torch.randn(B, H * W, 8)
+    torch.manual_seed(3)
+    out = layer(x)
+    torch.manual_seed(3)
+    drawn = torch.randn(B * (H // M) * (W // M), M * M, 1)
+    n = torch.empty(B, H * W, 1)
+    for b in range(B):
+        for y in range(H):
+            for xx in range(W):
+                win = b * (H // M) * (W // M) + (y // M) * (W // M) + xx // M
+                n[b, y * W + xx] = drawn[win, (y % M) * M + xx % M]
+    torch.testing.assert_close(out, plain(x + 0.7 * n))
+
+
 def test_pixel_norm_and_mlp():
     x = torch.randn(3, 10, 16)
     torch.testing.assert_close(PixelNorm()(x), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-8))

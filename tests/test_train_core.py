@@ -45,16 +45,68 @@ def test_translation_shifts_by_at_most_20_percent():
     assert dy.abs().max() <= 4 and dx.abs().max() <= 4 and (dy != 0).any() and (dx != 0).any()
 
 
-def test_cutout_probability_and_size():
+def _hit(fn, x, seed0=0):
+    """The first draw (from seed0 on) in which `fn` erased something: (seed, erased mask (B, H, W))."""
+    for s in range(seed0, seed0 + 200):
+        y = fn(x, torch.Generator().manual_seed(s))
+        if (y == 0).any():
+            return s, y[:, 0] == 0
+    raise AssertionError(f"{fn.__name__} erased nothing in 200 draws")
+
+
+def _extent(mask):
+    """Per sample: first and one-past-last erased row and column (B,) each; and the mask is a box."""
+    rows, cols = mask.any(2), mask.any(1)                                   # (B, H), (B, W)
+    r0, r1 = rows.float().argmax(1), rows.shape[1] - rows.flip(1).float().argmax(1)
+    c0, c1 = cols.float().argmax(1), cols.shape[1] - cols.flip(1).float().argmax(1)
+    assert torch.equal(mask.sum((1, 2)), (r1 - r0) * (c1 - c0))  # a filled rectangle
+    return r0, r1, c0, c1
+
+
+def test_cutout_probability():
     x = torch.ones(4, 3, 16, 16)
-    hits = 0
-    for s in range(200):
-        y = A.cutout(x, torch.Generator().manual_seed(s))
-        zeros = (y[:, 0] == 0).flatten(1).sum(1)
-        if zeros.any():
-            hits += 1
-            assert (zeros == 64).all()  # an 8x8 square, fully inside
+    hits = sum(bool((A.cutout(x, torch.Generator().manual_seed(s)) == 0).any()) for s in range(200))
     assert 40 <= hits <= 80  # p = 0.3 per batch
+
+
+def test_cutout_centre_uniform_over_image_and_clipped():
+    """The released rand_cutout: an 8x8 square at 16x16 whose centre is uniform over 0..16 in each
+    axis (17 values: the side is even) and which is clipped at the border."""
+    B, S, h = 8192, 16, 8
+    _, mask = _hit(A.cutout, torch.ones(B, 3, S, S))
+    r0, r1, c0, c1 = _extent(mask)
+    cy = torch.where(r0 > 0, r0 + h // 2, r1 - h // 2)                      # recover the centre
+    cx = torch.where(c0 > 0, c0 + h // 2, c1 - h // 2)
+    assert torch.equal(r1 - r0, (cy + h // 2).clamp(max=S) - (cy - h // 2).clamp(min=0))
+    counts = torch.bincount(cy, minlength=17).float()
+    assert counts.shape == (17,) and (counts - B / 17).abs().max() < 5 * (B / 17) ** 0.5
+    assert torch.bincount(cx, minlength=17).min() > 0
+    # Corners are erased when both centres are within 4 of them: (5/17)^2 = 0.087 of samples
+    # (a square kept fully inside would give (1/9)^2 = 0.012).
+    corner = mask[:, 0, 0].float().mean().item()
+    assert abs(corner - (5 / 17) ** 2) < 0.02
+    assert (mask.sum((1, 2)) == 16).any() and (mask.sum((1, 2)) <= 64).all()
+
+
+@pytest.mark.parametrize("fn,S,lo,hi", [(A.erase_ratio, 40, 8, 28), (A.stl_erase_ratio, 48, 20, 44)],
+                         ids=["erase_ratio", "stl_erase_ratio"])
+def test_erase_ratio_sizes_once_per_batch(fn, S, lo, hi):
+    """Released rand_erase_ratio / rand_stl_erase_ratio: one size per batch in [lo, hi] pixels,
+    each sample's centre anywhere, clipped at the border."""
+    sizes = set()
+    seed = 0
+    for _ in range(12):
+        seed, mask = _hit(fn, torch.ones(256, 1, S, S), seed)
+        seed += 1
+        r0, r1, c0, c1 = _extent(mask)
+        inner_r = (r0 > 0) & (r1 < S)
+        inner_c = (c0 > 0) & (c1 < S)
+        hs, ws = (r1 - r0)[inner_r].unique(), (c1 - c0)[inner_c].unique()
+        assert hs.numel() == 1 and ws.numel() == 1  # one size for the whole batch
+        assert lo <= hs.item() <= hi and lo <= ws.item() <= hi
+        assert ((r1 - r0) <= hs).all() and (~inner_r).any()  # clipped ones are smaller
+        sizes.add(hs.item())
+    assert len(sizes) > 3
 
 
 def test_color_ops_bounded_and_hue_keeps_luma_and_norm():
@@ -154,6 +206,16 @@ def test_ema_beta_rule_and_update():
     assert ema.module.weight.device == src.weight.device
 
 
+def test_run_length_defaults_are_the_released_launchers():
+    """--max_iter 500000 G iterations = max_iter x n_critic loader iterations of -dis_bs images."""
+    for preset, n_critic, dis_bs in (("cifar10", 4, 64), ("stl10", 5, 32), ("church256", 4, 16),
+                                     ("celebahq256", 4, 16)):
+        c = resolve_config(preset=preset)
+        assert c.kimg == 500_000 * n_critic * dis_bs / 1000 and c.n_critic == n_critic
+        assert c.batch == dis_bs * c.accum_d  # one D step = accum_d loader iterations
+    assert resolve_config(preset="cifar10", kimg=5.0).kimg == 5.0
+
+
 def test_config_resolution():
     c = resolve_config(preset="stl10")
     assert (c.resolution, c.batch, c.g_batch, c.n_critic) == (48, 32, 64, 5)
@@ -181,6 +243,15 @@ def test_n_critic_and_batches():
     g_steps = sorted({s for s, n in calls if n == 6})
     assert g_steps == [0, 3, 6]
     assert t.images_seen == 28
+
+
+def test_ema_beta_counts_the_d_batch():
+    """Released rule: beta = 0.5^(D batch of one iteration / min(ema_kimg, rampup x images))."""
+    for accum in (1, 2):
+        t = _trainer(n_critic=3, g_batch=6, accum_d=accum, ema_kimg=0.01, ema_rampup=0.5)
+        for _ in range(4):
+            s = t.step()
+        assert s["G/ema_beta"] == 0.5 ** ((4 // accum) / min(10.0, 0.5 * 12))
 
 
 def test_accumulation_matches_full_batch():

@@ -1,11 +1,12 @@
-"""The `transgan-fast` command: train, generate, demo, info, selftest, bench.
+"""The `transgan-fast` command: train, generate, demo, info, selftest, bench, convert.
 
     transgan-fast demo                      # a small TransGAN on built-in shapes, a few CPU minutes
-    transgan-fast train --preset cifar10 --data cifar10:~/cifar-10-batches-py --kimg 50000
+    transgan-fast train --preset cifar10 --data cifar10:~/cifar-10-batches-py   # the released run
     torchrun --nproc_per_node 8 -m transgan_fast.cli train ...   # data parallel, same options
     transgan-fast generate --checkpoint runs/00000-.../ckpt-000001000.pt --seeds 0-63
     transgan-fast info                      # which kernel backends are built and usable here
     transgan-fast selftest                  # every backend against the reference, as a table
+    transgan-fast convert --official cifar_checkpoint.pth --preset cifar10 --out runs/released
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def main(debug):
 @click.option("--data", default="shapes", help="'shapes' (built-in), an image folder, a .zip, "
               "'cifar10:<dir of python batches>' or 'stl10:<*_X.bin or dir>'.")
 @click.option("--outdir", default="runs", help="Parent directory of run directories.")
-@click.option("--kimg", type=float, default=1000.0, help="Train for this many thousand real images.")
+@click.option("--kimg", type=float, default=None, help="Train for this many thousand real images "
+              "[default: the released run's: cifar10 128000, stl10 80000, church256/celebahq256 32000].")
 @click.option("--resolution", type=int, default=None, help="Image size the data is resized to; must "
               "match the model [default: preset's].")
 @click.option("--batch", type=int, default=None, help="Global D batch [default: preset's].")
@@ -289,6 +291,31 @@ def bench(keyword, path):
         cmd += ["-k", keyword]
     click.echo(" ".join(cmd))
     sys.exit(subprocess.call(cmd))
+
+
+@main.command(context_settings=CTX)
+@click.option("--official", "official", required=True, help="A checkpoint of the released TransGAN "
+              "code (VITA-Group/TransGAN): gen_state_dict, avg_gen_state_dict, dis_state_dict.")
+@click.option("--preset", required=True, help="Its preset: cifar10, stl10, church256 or celebahq256.")
+@click.option("--out", "out_dir", required=True, help="Run directory to write ckpt-<step>.pt into.")
+@click.option("--images-seen", type=int, default=None, help="Real images the released run had "
+              "shown D [default: epoch x the released loader's iterations x D batch].")
+@click.option("--model-json", default="{}", help="JSON dict of model config overrides, for a "
+              "shrunken model of the same layout (pass the same to `train --resume`).")
+def convert(official, preset, out_dir, images_seen, model_json):
+    """Convert a released TransGAN checkpoint for `generate` and `train --resume`."""
+    from .train.convert import convert_official
+    try:
+        model = json.loads(model_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--model-json")
+    if not isinstance(model, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--model-json")
+    try:
+        path = convert_official(official, preset, out_dir, images_seen, model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc))
+    click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

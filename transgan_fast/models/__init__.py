@@ -2,6 +2,7 @@
 
     G, D = transgan_fast.models.build("cifar10", backend="auto")
     G, D = transgan_fast.models.build("church256", g_noise=False)   # any config field overridable
+    G, D = transgan_fast.models.load_official("cifar_checkpoint.pth", "cifar10")  # released weights
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import torch
 from .config import PRESETS, TransGANConfig, config
 from .discriminator import Discriminator
 from .generator import Generator
+from .official import OFFICIAL_LAYOUTS, load_official
 
-__all__ = ["PRESETS", "TransGANConfig", "config", "build", "Generator", "Discriminator"]
+__all__ = ["PRESETS", "TransGANConfig", "config", "build", "Generator", "Discriminator",
+           "load_official", "OFFICIAL_LAYOUTS"]
 
 
 def build(preset="cifar10", backend: str = "auto", device=None,

@@ -114,13 +114,14 @@ PRESETS: Dict[str, TransGANConfig] = {
         g_attn=("global", "global", "global", "grid16", "grid16"), g_norm="pn", g_noise=True,
         # The released code gives no discriminator for 128^2: church256's with every stride halved.
         d_scales=((288, 2, 2, 0), (48, 4, 4, 0), (48, 8, 8, 0)),
-        d_stages=(("grid16", "grid16", "global"), ("global",) * 3, ("global",) * 4)),
+        d_stages=(("grid16", "grid16", "global"), ("global",) * 3, ("global",) * 4), d_noise=False),
     "church256": TransGANConfig(
         name="church256", latent_dim=512, bottom=8, g_channels=(1024, 1024, 1024, 256, 64, 16),
         g_depths=(5, 4, 4, 4, 4, 4), g_upsample=("bicubic", "bicubic") + ("pixelshuffle",) * 3,
         g_attn=("global",) * 3 + ("grid16",) * 3, g_norm="pn", g_noise=True,
+        # The released church D (ViT_scale3_local_new_rp) has no attention noise.
         d_scales=((288, 4, 4, 0), (48, 8, 8, 0), (48, 16, 16, 0)),
-        d_stages=(("grid16", "grid16", "global"), ("global",) * 3, ("global",) * 4)),
+        d_stages=(("grid16", "grid16", "global"), ("global",) * 3, ("global",) * 4), d_noise=False),
 }
 PRESETS["celebahq256"] = PRESETS["church256"].replace(
     name="celebahq256", g_depths=(0, 4, 4, 4, 4, 4), self_modulation=True, updown_after=(3, 4),

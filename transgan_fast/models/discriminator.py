@@ -3,7 +3,8 @@
 Multi-scale: each scale tokenises the raw image with a strided conv; stage 1 runs on the finest
 scale; between stages the map is 2x2 average pooled and the next scale's tokens are concatenated
 channel-wise, then that stage's position embedding is added. A cls token joins before the final
-block (no relative bias), then norm, cls token, `Linear(C, 1)`.
+block (no relative bias; attention noise
+as the other blocks), then norm, cls token, `Linear(C, 1)`.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class Discriminator(nn.Module):
                     for k in kinds))
             dim = dims[-1]
             n_last = self.sides[-1] ** 2 + 1
-            self.final = TransformerBlock(dim, (1, n_last), rel_bias=False, noise=False, **blk)
+            # The released D's last block draws attention noise whenever its other blocks do.
+            self.final = TransformerBlock(dim, (1, n_last), rel_bias=False, noise=cfg.d_noise, **blk)
         self.cls_token = nn.Parameter(trunc_normal_(torch.empty(1, 1, dim)))
         self.norm = make_norm(cfg.d_norm, dim, backend)
         self.head = nn.Linear(dim, 1)

@@ -1,5 +1,9 @@
 """TransGAN generator (docs/transgan.md §2): latent -> token map -> transformer stages -> RGB.
 
+Initialisation is the released code's: linears keep PyTorch's defaults, position embeddings and
+relative-bias tables are `trunc_normal_(std=0.02)` (cut at +-2 absolute), the RGB conv is Xavier-
+uniform with PyTorch's default bias, noise scales start at 0.
+
 Stem `Linear(latent, bottom^2 * C0)` plus a learned position embedding; between stages an
 upsample (bicubic keeps C, pixel shuffle gives C/4) fused with the next stage's position
 embedding; tokens -> `(B, C, H, W)` -> 1x1 conv to RGB, no tanh.
@@ -38,7 +42,8 @@ class Generator(nn.Module):
             [nn.Parameter(trunc_normal_(torch.empty(1, (b << i) ** 2, c))) for i, c in enumerate(C)])
         if cfg.self_modulation:
             self.mod = nn.Linear(cfg.latent_dim, cfg.mod_tokens * cfg.mod_dim)
-            self.mod_pos = nn.Parameter(trunc_normal_(torch.empty(1, cfg.mod_tokens, cfg.mod_dim)))
+            # Zeros: the released Celeba256_gen never initialises its `embed_pos`.
+            self.mod_pos = nn.Parameter(torch.zeros(1, cfg.mod_tokens, cfg.mod_dim))
         masked = self._locality_blocks()
         self.stages = nn.ModuleList()
         for i, (c, depth, kind) in enumerate(zip(C, cfg.g_depths, cfg.g_attn)):
@@ -52,8 +57,7 @@ class Generator(nn.Module):
                                  locality=cfg.locality if (i, j) in masked else None)
                 for j in range(depth)))
         self.to_rgb = nn.Conv2d(C[-1], 3, 1)
-        nn.init.xavier_uniform_(self.to_rgb.weight)
-        nn.init.zeros_(self.to_rgb.bias)
+        nn.init.xavier_uniform_(self.to_rgb.weight)  # bias: PyTorch's default, as released
         if cfg.sr_head:
             if cfg.self_modulation:
                 raise ValueError("Generator: sr_head cannot be combined with self_modulation")

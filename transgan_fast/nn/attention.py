@@ -43,8 +43,9 @@ def noise_source(generator: Optional[torch.Generator] = None, enabled: bool = Tr
 
 
 def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    """Truncated normal at +-2 std (the ViT/Swin convention), in place."""
-    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+    """Normal(0, std) truncated at +-2 absolute, in place: the released TransGAN's and timm's
+    `trunc_normal_(t, std=.02)` (cut at a=-2, b=2, not at 2 std), so at std 0.02 no value is cut."""
+    return nn.init.trunc_normal_(t, std=std, a=-2.0, b=2.0)
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -62,7 +63,7 @@ class Attention(nn.Module):
         rel_bias: learn a Swin-style relative-position table `((2M1-1)(2M2-1), heads)` (`M` = the
             window side, the whole map for global layers).
         noise: learn the attention-noise scale `s` (init 0): `x += n * s`, `n ~ N(0, 1)` of
-            shape `(B, N, 1)`, before the qkv projection.
+            shape `(B, N, 1)` (drawn in window order for grid layers), before the qkv projection.
         locality: a `LocalitySchedule` masking this (global) layer; call `set_progress`.
         backend: passed to the ops ("auto", "ref", "cpu", "cuda", "triton").
     """
@@ -112,13 +113,24 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: expected x of shape (B, {self.geom.N}, {self.dim}) for "
                              f"hw={self.hw}; got {tuple(x.shape)}")
         if self.noise_strength is not None and getattr(_NOISE, "enabled", True):
-            # Drawn in float32 whatever x's dtype, so one seed gives the same noise in every dtype.
-            n = torch.randn(B, N, 1, device=x.device, generator=getattr(_NOISE, "generator", None)
-                            ).to(x.dtype)                                   # (B, N, 1)
-            x = x + n * self.noise_strength
+            x = x + self._noise(B, N, x) * self.noise_strength
         qkv = self.qkv(x)                                                   # (B, N, 3C)
         o = attention_qkv(qkv, self.heads, self.geom, self.rel_bias, backend=self.backend)  # (B, N, C)
         return self.proj(o)
+
+    def _noise(self, B: int, N: int, x: torch.Tensor) -> torch.Tensor:
+        """`(B, N, 1)` standard normal noise, drawn in float32 whatever x's dtype (one seed gives
+        the same noise in every dtype). A grid layer draws it in window order, as the released
+        models do on their window-partitioned `(B * windows, M1 * M2, 1)` tensor, so one seed
+        gives the released noise; maps the windows do not tile draw it per token, row-major."""
+        (H, W), (M1, M2) = self.hw, self.window
+        gen = getattr(_NOISE, "generator", None)  # None: the global RNG (see noise_source)
+        if (M1, M2) != (H, W) and H % M1 == 0 and W % M2 == 0:
+            n = torch.randn(B, H // M1, W // M2, M1, M2, device=x.device, generator=gen)
+            n = n.permute(0, 1, 3, 2, 4).reshape(B, N, 1)                   # (B, N, 1) row-major
+        else:
+            n = torch.randn(B, N, 1, device=x.device, generator=gen)         # (B, N, 1)
+        return n.to(x.dtype)
 
     def extra_repr(self) -> str:
         kind = "global" if self.window == self.hw else f"grid{self.window}"
@@ -132,6 +144,8 @@ class CrossAttention(nn.Module):
 
     celebahq256's self-modulation: bias-free q/k/v, `heads` heads, output projection with bias,
     no norm before it. The 64 latent tokens make the key set tiny, so this runs on torch's SDPA.
+    `noise_strength` is declared and never used, as in the released model (Celeba256_gen), so
+    parameter counts and official checkpoints match; it gets no gradient.
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int = 4, backend: str = "auto"):
@@ -143,6 +157,7 @@ class CrossAttention(nn.Module):
         self.k = nn.Linear(context_dim, dim, bias=False)
         self.v = nn.Linear(context_dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim)
+        self.noise_strength = nn.Parameter(torch.zeros([]))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape

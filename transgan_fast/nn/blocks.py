@@ -78,13 +78,15 @@ class TransformerBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Strided conv tokeniser: `(B, 3, H, W)` -> `(B, H'*W', C)` (row-major tokens), Xavier init."""
+    """Strided conv tokeniser: `(B, 3, H, W)` -> `(B, H'*W', C)` (row-major tokens).
+
+    Initialised as the released code: Xavier-uniform weight, PyTorch's default bias
+    (uniform in +-1/sqrt(fan_in)), which the released `weights_init` leaves alone."""
 
     def __init__(self, in_ch: int, dim: int, kernel: int, stride: int, padding: int = 0):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, dim, kernel, stride, padding)
         nn.init.xavier_uniform_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x).flatten(2).transpose(1, 2)                      # (B, H'*W', C)

@@ -7,13 +7,13 @@ reproducible and resumable (the trainer reseeds the generator from (seed, rank, 
 
 Parameters are the released TransGAN ones (docs/transgan.md §4):
 - translation: shift by up to 20% of each side, zero padding, per sample.
-- cutout: zero a half-side square at a random place, per sample, with probability 0.3 per batch.
-- color: brightness `+U(-0.5, 0.5)`, saturation `×U(0, 2)` about the channel mean, contrast
-  `×U(0.5, 1.5)` about the image mean, per sample. Like the release, no clamp: colour ops can
-  leave [-1, 1] (geometric and erasing ops never leave [min(x, 0), max(x, 0)]).
-- erase_ratio: zero a rectangle with sides 20–70% of H and W, per sample, probability 0.3 per batch.
-- stl_erase_ratio: the same with sides 10–40% (the paper names it for STL-10 without numbers;
-  a smaller rectangle suits 48² images — our choice, documented here).
+- cutout: zero a half-side square per sample with probability 0.3 per batch; as in the release
+  (`rand_cutout`), the square's centre is uniform over the whole image and the square is clipped
+  at the border, so corners are erased as often as 9/33 x 9/33 of hits at 32x32.
+- erase_ratio: the same with a rectangle whose sides are drawn once per batch in
+  `[int(0.2 side), int(0.7 side)]`.
+- stl_erase_ratio: the same with sides drawn once per batch in `[20, side // 2 + 20]` pixels (the
+  released values, for 48x48 STL-10).
 - hue: rotate colours about the luma axis (1, 1, 1) by `U(-pi, pi)`, each sample with probability 0.5.
 - filter: ADA-style 4-band gain filter: the image is split into 4 frequency bands by repeated
   [1, 2, 1] blurs; each band gets a gain `2^N(0, 1)` per sample, gains normalised so their mean
@@ -69,35 +69,50 @@ def translation(x, gen: Gen = None, ratio: float = 0.2):
     return xp.flatten(2).gather(2, flat).view(B, C, H, W)
 
 
-def _erase(x, gen: Gen, lo: Sequence[float], hi: Sequence[float], prob: float):
-    """Zero one axis-aligned rectangle per sample, sides in [lo, hi] of (H, W); with `prob` per batch."""
+def _erase(x, gen: Gen, h: int, w: int, prob: float):
+    """Zero an `h x w` rectangle per sample, with probability `prob` per batch (the released
+    `rand_cutout` family): each sample's centre is uniform over the whole image (rows
+    `0 .. H - 1`, plus `H` when `h` is even; columns likewise) and the rectangle, rows
+    `cy - h // 2 .. cy - h // 2 + h - 1`, is clipped at the border."""
     B, _, H, W = x.shape
     if prob < 1.0 and torch.rand((), generator=gen, device=x.device).item() >= prob:
         return x
-    u = torch.rand((B, 4), generator=gen, device=x.device)
-    h = (H * (lo[0] + (hi[0] - lo[0]) * u[:, 0])).round().clamp(1, H).long().view(B, 1, 1)
-    w = (W * (lo[1] + (hi[1] - lo[1]) * u[:, 1])).round().clamp(1, W).long().view(B, 1, 1)
-    y0 = ((H - h + 1) * u[:, 2].view(B, 1, 1)).floor().long()
-    x0 = ((W - w + 1) * u[:, 3].view(B, 1, 1)).floor().long()
+    cy = torch.randint(0, H + 1 - h % 2, (B, 1, 1), generator=gen, device=x.device)
+    cx = torch.randint(0, W + 1 - w % 2, (B, 1, 1), generator=gen, device=x.device)
+    y0, x0 = cy - h // 2, cx - w // 2
     yy = torch.arange(H, device=x.device).view(1, H, 1)
     xx = torch.arange(W, device=x.device).view(1, 1, W)
     inside = (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)  # (B, H, W)
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
+def _randint(lo: int, hi: int, gen: Gen, x: torch.Tensor) -> int:
+    """One integer uniform in [lo, hi] (both included), like python's `random.randint`."""
+    return int(torch.randint(lo, hi + 1, (), generator=gen, device=x.device).item())
+
+
 def cutout(x, gen: Gen = None, ratio: float = 0.5, prob: float = 0.3):
-    """Zero a square of `ratio` of each side per sample, with probability `prob` per batch."""
-    return _erase(x, gen, (ratio, ratio), (ratio, ratio), prob)
+    """Zero a `round(ratio * side)` square per sample (centre anywhere, clipped), probability `prob`
+    per batch."""
+    return _erase(x, gen, int(x.shape[2] * ratio + 0.5), int(x.shape[3] * ratio + 0.5), prob)
 
 
 def erase_ratio(x, gen: Gen = None, prob: float = 0.3):
-    """Zero a rectangle with sides 20–70% of H and W per sample, probability `prob` per batch."""
-    return _erase(x, gen, (0.2, 0.2), (0.7, 0.7), prob)
+    """Zero a rectangle per sample, sides drawn once per batch uniformly in
+    `[int(0.2 side), int(0.7 side)]` (centre anywhere, clipped), probability `prob` per batch."""
+    H, W = x.shape[2], x.shape[3]
+    h = _randint(int(H * 0.2), int(H * 0.7), gen, x)
+    w = _randint(int(W * 0.2), int(W * 0.7), gen, x)
+    return _erase(x, gen, h, w, prob)
 
 
 def stl_erase_ratio(x, gen: Gen = None, prob: float = 0.3):
-    """Zero a rectangle with sides 10–40% of H and W per sample, probability `prob` per batch."""
-    return _erase(x, gen, (0.1, 0.1), (0.4, 0.4), prob)
+    """Zero a rectangle per sample, sides drawn once per batch uniformly in `[20, side // 2 + 20]`
+    pixels (20-44 at 48x48), centre anywhere, clipped; probability `prob` per batch."""
+    H, W = x.shape[2], x.shape[3]
+    h = _randint(20, H // 2 + 20, gen, x)
+    w = _randint(20, W // 2 + 20, gen, x)
+    return _erase(x, gen, h, w, prob)
 
 
 def hue(x, gen: Gen = None, prob: float = 0.5):

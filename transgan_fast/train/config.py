@@ -14,20 +14,25 @@ from .losses import LOSSES
 
 __all__ = ["TrainConfig", "PRESET_TRAINING", "resolve_config"]
 
-# Released training settings (docs/transgan.md §4); unnamed presets take the cifar10 row.
-# G batch is 2 x D batch in every row, so it is derived from `batch` unless given.
+# Released training settings (docs/transgan.md §4, VITA-Group/TransGAN exps/*_train.py); unnamed
+# presets take the cifar10 row. G batch is 2 x D batch in every row, so it is derived from `batch`
+# unless given. Run length: every launcher passes --max_iter 500000, which train_derived.py turns
+# into max_iter x n_critic loader iterations of -dis_bs real images (global), so
+#   cifar10 500k x 4 x 64 = 128,000 kimg; stl10 500k x 5 x 32 = 80,000 kimg;
+#   church256 and celebahq256 500k x 4 x 16 = 32,000 kimg (4 iterations accumulate into one D step).
+# celeba64 / celeba128 have no released launcher: they take cifar10's and church256's lengths.
 PRESET_TRAINING: Dict[str, Dict[str, Any]] = {
-    "cifar10": dict(resolution=32, batch=64, n_critic=4,
+    "cifar10": dict(resolution=32, batch=64, n_critic=4, kimg=128_000.0,
                     diffaug="translation,cutout,color", ema_rampup=0.1),
-    "stl10": dict(resolution=48, batch=32, n_critic=5,
+    "stl10": dict(resolution=48, batch=32, n_critic=5, kimg=80_000.0,
                   diffaug="translation,stl_erase_ratio,color", ema_rampup=0.05),
-    "celeba64": dict(resolution=64, batch=64, n_critic=4,
+    "celeba64": dict(resolution=64, batch=64, n_critic=4, kimg=128_000.0,
                      diffaug="translation,cutout,color", ema_rampup=0.1, locality=True),
-    "celeba128": dict(resolution=128, batch=64, n_critic=4,
+    "celeba128": dict(resolution=128, batch=64, n_critic=4, kimg=32_000.0,
                       diffaug="translation,erase_ratio,color", ema_rampup=0.1),
-    "church256": dict(resolution=256, batch=64, n_critic=4, accum_d=4, accum_g=8,
+    "church256": dict(resolution=256, batch=64, n_critic=4, accum_d=4, accum_g=8, kimg=32_000.0,
                       diffaug="translation,erase_ratio,color", ema_beta=0.995),
-    "celebahq256": dict(resolution=256, batch=64, n_critic=4, accum_d=4, accum_g=4,
+    "celebahq256": dict(resolution=256, batch=64, n_critic=4, accum_d=4, accum_g=4, kimg=32_000.0,
                         diffaug="filter,translation,erase_ratio,color,hue", ema_beta=0.995),
 }
 
@@ -38,7 +43,7 @@ class TrainConfig:
     preset: str = "cifar10"
     data: str = "shapes"
     resolution: Optional[int] = None
-    kimg: float = 1000.0
+    kimg: Optional[float] = None          # run length in thousands of real images
     batch: Optional[int] = None           # global D batch (real images per D step)
     g_batch: Optional[int] = None         # global G batch (default 2 x batch)
     n_critic: Optional[int] = None        # one G step every n_critic D steps, incl. step 0

@@ -1,7 +1,9 @@
 """Exponential moving average of the generator, kept on the training device.
 
 StyleGAN2-ADA's rule: the half-life is given in images, `ema_nimg`, with a ramp-up that makes it
-`min(ema_nimg, rampup·images_seen)` early in training; per update `β = 0.5^(batch / ema_nimg)`.
+`min(ema_nimg, rampup·images_seen)` early in training; per update `β = 0.5^(batch / ema_nimg)`,
+where, as in the released TransGAN trainer, `batch` is the D batch of one iteration (64 real images
+for CIFAR-10), although the update runs once per G step.
 A constant `beta` (the 256² runs use 0.995) replaces the rule when given. The update is an
 in-place lerp on the device (no host copy per step: one of TransGAN users' complaints).
 """

@@ -198,7 +198,10 @@ class Trainer:
                         stats["G/sr"] = stats.get("G/sr", 0.0) + sr.item() / cfg.accum_g
                 self.scaler_g.scale(loss / cfg.accum_g).backward()
             stats["G/grad_norm"] = self._optimizer_step(self.G, self.opt_g, self.scaler_g)
-            stats["G/ema_beta"] = self.ema.update(self.G, cfg.g_batch, self.images_seen)
+            # The released rule counts the D batch of one iteration (dis_batch_size x world
+            # size; 64 for CIFAR-10), not the G batch: beta = 0.5^(64 / ema_nimg).
+            stats["G/ema_beta"] = self.ema.update(self.G, cfg.batch // cfg.accum_d,
+                                                  self.images_seen)
             self.D.requires_grad_(True)
         return stats
 
@@ -255,9 +258,10 @@ class Trainer:
         if s.get("scaler_g"):
             self.scaler_g.load_state_dict(s["scaler_g"])
             self.scaler_d.load_state_dict(s["scaler_d"])
-        self.loader.sampler.load_state_dict(s["sampler"])
+        if s.get("sampler") is not None:  # None: converted from a released checkpoint
+            self.loader.sampler.load_state_dict(s["sampler"])
         self.step_idx, self.images_seen = int(s["step"]), int(s["images_seen"])
-        if restore_global_rng:
+        if restore_global_rng and s.get("rng") is not None:  # None: converted from a released file
             ranks = s.get("rng_ranks") or [s["rng"]]
             # A checkpoint of another world size has no state for the extra ranks: rank 0's then.
             restore_rng(ranks[self.env.rank] if self.env.rank < len(ranks) else s["rng"])
