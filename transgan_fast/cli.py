@@ -190,9 +190,9 @@ def _generate_exported(exported, seeds, out, files, device):
 @click.option("--device", default="cpu", help="'cpu' or 'cuda' (pt2 only: Triton kernels inside).")
 @click.option("--noise", default="random", help="Attention-noise layers: 'random' (fresh draws "
               "per call) or 'zero' (switched off).")
-@click.option("--check/--no-check", default=True, help="Run the artefact on 3 latents and record "
-              "its distance to eager G in the sidecar.")
-def export(ckpt, fmt, out, ema, batch, dynamic_batch, device, noise, check):
+@click.option("--verify/--no-verify", default=True, help="Run the artefact on 3 latents and record "
+              "its distance to eager G in the sidecar ('check').")
+def export(ckpt, fmt, out, ema, batch, dynamic_batch, device, noise, verify):
     """Export the generator (latent in, image out) as a .pt2 package or ONNX (docs/export.md)."""
     from .deploy import ExportError, export_generator, load_generator
     from .deploy.export import check_target
@@ -205,7 +205,7 @@ def export(ckpt, fmt, out, ema, batch, dynamic_batch, device, noise, check):
         click.echo(f"exporting the {info['preset']} generator ({info['weights']}, step "
                    f"{info['step']}) to {fmt}{slow}")
         meta = export_generator(G, fmt, out, batch=batch, device=device, noise=noise, info=info,
-                                check=check)
+                                check=verify)
     except ExportError as exc:
         raise click.ClickException(str(exc))
     chk = meta.get("check", {})
