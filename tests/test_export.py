@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from transgan_fast.cli import main
-from transgan_fast.deploy import ExportError, export_generator, load_exported, load_generator
+from transgan_fast.deploy import export_generator, fused_ops_of, load_exported, load_generator
 from transgan_fast.train.config import resolve_config
 from transgan_fast.train.demo import QUICK_MODEL
 from transgan_fast.train.runner import build_models
@@ -93,9 +93,11 @@ def onnx_file(run_dir, tmp_path_factory):
 def pt2_file(run_dir, tmp_path_factory):
     """The `.pt2` package, compiled once for the module (AOTInductor: minutes of CPU)."""
     out = tmp_path_factory.mktemp("pt2") / "g.pt2"
+    t = time.process_time() + _children_cpu_s()
     r = CliRunner().invoke(main, ["export", "--checkpoint", str(run_dir), "--format", "pt2",
                                   "--out", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    print(f"pt2 export + check: {time.process_time() + _children_cpu_s() - t:.1f} s CPU")
     return out, json.loads((out.parent / "g.pt2.json").read_text())
 
 
@@ -314,3 +316,14 @@ def test_pt2_cuda_compiles_the_triton_kernels_in(run_dir, eager, tmp_path):
     gen = load_exported(str(out), device="cuda")
     z = _latents(3, 32)
     assert (gen(z) - _eager_images(eager, z)).abs().max() <= TOL
+
+
+def test_backend_plan_of_every_fused_op():
+    from transgan_fast.deploy.export import _plan_backends
+    from transgan_fast.models import build
+    G, _ = build("church256", device="meta")  # pixel norm, noise, bicubic and shuffle upsampling
+    ops = fused_ops_of(G)
+    assert ops == {"attention_qkv": 25, "pixel_norm": 50, "bicubic_upsample_seq": 2,
+                   "pixel_shuffle_seq": 3}
+    assert _plan_backends(G, "cpu") == {op: "ref" for op in ops}
+    assert {m.backend for m in G.modules() if isinstance(getattr(m, "backend", None), str)} == {"ref"}
