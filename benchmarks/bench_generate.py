@@ -30,7 +30,7 @@ from transgan_fast.nn import set_backend
 from conftest import check_parity, record
 
 BATCHES = (1, 16)
-IMPLS = ("eager-ref", "eager-auto", "compile", "pt2", "onnxruntime")
+IMPLS = ("eager-ref", "eager-auto", "pt2", "onnxruntime", "compile")
 ROUNDS = int(os.environ.get("TGF_BENCH_GENERATE_ROUNDS", "5"))
 TOL = 1e-4  # docs/export.md
 
