@@ -1,9 +1,10 @@
-"""The `transgan-fast` command: train, generate, demo, info, selftest, bench, convert.
+"""The `transgan-fast` command: train, generate, export, demo, info, selftest, bench, convert.
 
     transgan-fast demo                      # a small TransGAN on built-in shapes, a few CPU minutes
     transgan-fast train --preset cifar10 --data cifar10:~/cifar-10-batches-py   # the released run
     torchrun --nproc_per_node 8 -m transgan_fast.cli train ...   # data parallel, same options
     transgan-fast generate --checkpoint runs/00000-.../ckpt-000001000.pt --seeds 0-63
+    transgan-fast export --checkpoint runs/00000-... --format pt2 --out g.pt2   # docs/export.md
     transgan-fast info                      # which kernel backends are built and usable here
     transgan-fast selftest                  # every backend against the reference, as a table
     transgan-fast convert --official cifar_checkpoint.pth --preset cifar10 --out runs/released
@@ -154,8 +155,10 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 
 
 @main.command(context_settings=CTX)
-@click.option("--checkpoint", "ckpt", required=True, help="A ckpt-*.pt file or a run directory "
-              "(its newest readable checkpoint).")
+@click.option("--checkpoint", "ckpt", default=None, help="A ckpt-*.pt file or a run directory "
+              "(its newest readable checkpoint) [default: none; give it or --exported].")
+@click.option("--exported", default=None, help="Run an exported .pt2 or .onnx generator "
+              "(`transgan-fast export`) instead of a checkpoint [default: none].")
 @click.option("--seeds", default="0-63", callback=_seeds_option,
               help="Latent seeds, e.g. '0-63' or '1,5,9'.")
 @click.option("--out", default="samples.png", help="PNG grid path, or a directory with --files.")
@@ -167,12 +170,17 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               callback=_device_option, help="Device.")
-def generate(ckpt, seeds, out, files, raw, noise_mode, backend, device):
-    """Sample images from a checkpoint (EMA generator)."""
+def generate(ckpt, exported, seeds, out, files, raw, noise_mode, backend, device):
+    """Sample images from a checkpoint (EMA generator) or an exported generator."""
     import torch
     from .train.sample import generate_images, load_generator
     from .train.logging import save_grid
     from .train.checkpoint import list_checkpoints
+    if (ckpt is None) == (exported is None):
+        raise click.UsageError("give exactly one of --checkpoint and --exported")
+    if exported is not None:
+        _check_out(out, files)
+        return _generate_exported(exported, seeds, out, files, device)
     if not os.path.exists(ckpt) or (os.path.isdir(ckpt) and not list_checkpoints(ckpt)):
         raise click.BadParameter(f"no checkpoint at {ckpt!r}", param_hint="--checkpoint")
     _check_out(out, files)
@@ -212,6 +220,66 @@ def _check_out(out: str, files: bool) -> None:
     if Image.registered_extensions().get(ext) not in Image.SAVE:
         raise click.BadParameter(f"{out!r} needs an image extension PIL can write, e.g. .png",
                                  param_hint="--out")
+
+
+def _generate_exported(exported, seeds, out, files, device):
+    """`generate --exported`: the same seeds and image files, from a .pt2 or .onnx artefact."""
+    import torch
+    from .deploy import ExportError, load_exported
+    from .train.logging import save_grid
+    try:
+        gen = load_exported(exported, device="cuda" if device == "cuda" else "cpu")
+    except ExportError as exc:
+        raise click.ClickException(str(exc))
+    seed_list = seeds  # parsed by the --seeds callback
+    # The same latents as `generate --checkpoint` (train/sample.py): one generator per seed.
+    z = torch.stack([torch.randn(gen.latent_dim, generator=torch.Generator().manual_seed(s))
+                     for s in seed_list])
+    imgs = gen(z)
+    if files:
+        os.makedirs(out, exist_ok=True)
+        for s, img in zip(seed_list, imgs):
+            save_grid(img[None], os.path.join(out, f"seed{s:05d}.png"), nrow=1)
+    else:
+        save_grid(imgs, out)
+    click.echo(f"wrote {len(seed_list)} images from {exported} to {out}")
+
+
+@main.command(context_settings=CTX)
+@click.option("--checkpoint", "ckpt", required=True, help="A ckpt-*.pt file or a run directory "
+              "(its newest checkpoint).")
+@click.option("--format", "fmt", required=True, help="'pt2' (AOTInductor package) or 'onnx'.")
+@click.option("--out", required=True, help="Output file (.pt2 or .onnx); a .json sidecar is "
+              "written beside it.")
+@click.option("--ema/--no-ema", default=True, help="Export the EMA generator (or the raw one).")
+@click.option("--batch", type=int, default=None, help="Fixed batch size [default: dynamic batch].")
+@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch 1..4096; also what you get "
+              "without --batch [default: off].")
+@click.option("--device", default="cpu", help="'cpu' or 'cuda' (pt2 only: Triton kernels inside).")
+@click.option("--noise", default="random", help="Attention-noise layers: 'random' (fresh draws "
+              "per call) or 'zero' (switched off).")
+@click.option("--verify/--no-verify", default=True, help="Run the artefact on 3 latents and record "
+              "its distance to eager G in the sidecar ('check').")
+def export(ckpt, fmt, out, ema, batch, dynamic_batch, device, noise, verify):
+    """Export the generator (latent in, image out) as a .pt2 package or ONNX (docs/export.md)."""
+    from .deploy import ExportError, export_generator, load_generator
+    from .deploy.export import check_target
+    try:
+        if batch is not None and dynamic_batch:
+            raise ExportError(f"--batch {batch} and --dynamic-batch exclude each other")
+        check_target(fmt, out, device, batch)  # before the (slow) load, so typos fail at once
+        G, info = load_generator(ckpt, ema=ema)
+        slow = "; AOTInductor compiles for minutes on a CPU" if fmt == "pt2" else ""
+        click.echo(f"exporting the {info['preset']} generator ({info['weights']}, step "
+                   f"{info['step']}) to {fmt}{slow}")
+        meta = export_generator(G, fmt, out, batch=batch, device=device, noise=noise, info=info,
+                                check=verify)
+    except ExportError as exc:
+        raise click.ClickException(str(exc))
+    chk = meta.get("check", {})
+    note = (f"; max |exported - eager| = {chk['max_abs_diff_vs_eager']:.2e} on {chk['latents']} latents"
+            if chk.get("ran") else f"; not checked: {chk['reason']}" if chk else "")
+    click.echo(f"wrote {out} and {out}.json{note}")
 
 
 @main.command(context_settings=CTX)
