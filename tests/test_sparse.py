@@ -1,9 +1,11 @@
 """Sparse-logit primitives (`ops/_sparse.py`): every backend's kernels against the float64
-references of `ops/neighbours.py`, and the custom ops' registration (opcheck, gradcheck, gradgradcheck)."""
+references of `ops/neighbours.py`, the C++ slot table against the Python one, NaN reach,
+determinism, and the custom ops' registration (opcheck, gradcheck, gradgradcheck)."""
 import pytest
 import torch
 
-from conftest import assert_close_f32
+from conftest import assert_close_f32, requires_cpu_ext
+from transgan_fast import _ext
 from transgan_fast.ops import _dispatch, _sparse
 from transgan_fast.ops import geometry as G
 from transgan_fast.ops import neighbours as nb
@@ -50,6 +52,40 @@ def test_kernels_match_the_float64_references(geom, backend):
     assert_close_f32(_sparse._qk(a, b, gl, backend), nb.sparse_qk_ref(a64, b64, keys), what="qk")
     assert_close_f32(_sparse._av(p, b, gl, backend), nb.sparse_av_ref(p64, b64, keys), what="av")
     assert_close_f32(_sparse._avt(p, a, gl, backend), nb.sparse_avt_ref(p64, a64, keys), what="avt")
+
+
+@requires_cpu_ext
+@pytest.mark.parametrize("geom", GEOMS, ids=IDS)
+def test_cpp_slot_table_equals_neighbours_py(geom):
+    keys, _ = nb.neighbour_index(geom)
+    cpp = torch.tensor(_ext.cpu_module.neighbour_keys(geom.as_list())).reshape(keys.shape)
+    assert torch.equal(cpp, keys)
+
+
+@requires_cpu_ext
+def test_cpu_nonfinite_inputs_reach_exactly_the_outputs_that_read_them():
+    geom = G.local_geometry((5, 5), kernel_size=3)                  # border queries have empty slots
+    keys, a, b, p = _operands(geom, torch.float32, B=1, h=1, d=4)
+    gl, m = geom.as_list(), 0
+    b[0, 0, m, 1] = float("nan")
+    a[0, 0, m, 2] = float("inf")
+    reads_m = (keys == m).any(1)                                     # queries with a slot on key m
+    assert torch.equal(_sparse._av(p, b, gl, "cpu")[0, 0].isnan().any(-1), reads_m)
+    s = _sparse._qk(a, b, gl, "cpu")[0, 0]
+    want = (keys == m) | (torch.arange(geom.N) == m)[:, None] & (keys >= 0)
+    assert torch.equal(~s.isfinite(), want)
+    # avt: row j gets x_m exactly when query m has a slot on j.
+    got = ~_sparse._avt(p, a, gl, "cpu")[0, 0].isfinite().all(-1)
+    assert torch.equal(got, torch.zeros(geom.N, dtype=torch.bool).index_fill(0, keys[m][keys[m] >= 0], True))
+
+
+@requires_cpu_ext
+def test_cpu_avt_is_deterministic():
+    geom = G.local_geometry((16, 16), kernel_size=5)
+    _, a, _, p = _operands(geom, torch.float32, B=2, h=2, d=16)
+    first = _sparse._avt(p, a, geom.as_list(), "cpu")
+    for _ in range(3):
+        assert torch.equal(_sparse._avt(p, a, geom.as_list(), "cpu"), first)
 
 
 @pytest.mark.parametrize("geom", [GEOMS[1], GEOMS[3], GEOMS[5], GEOMS[8]], ids=lambda g: f"kind{g.kind}")
