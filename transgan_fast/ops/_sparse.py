@@ -27,6 +27,7 @@ A NaN or Inf in an input reaches exactly the outputs that read it: empty slots r
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 import torch
@@ -162,14 +163,23 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], ge
                      scale: float, backend: str) -> Tensor:
     """Attention made of the primitives, differentiable to any order on `backend`'s kernels.
 
-    Logits ``scale * qk(q, k)`` plus the relative bias gathered per slot, -inf at empty slots,
-    softmax in float32 (float64 for float64 inputs), ``av(P, v)``. Memory O(B h N K).
+    Logits ``qk(scale * q, k)`` plus one `(h, N, K)` term (the relative bias gathered per slot,
+    -inf at empty slots), softmax in float32 (float64 for float64 inputs), ``av(P, v)``. Memory
+    O(B h N K); the scale and the bias touch the small tensors, so the `(B, h, N, K)` logits see
+    one add, the softmax and the two primitives.
     """
-    keys, rows = cached_neighbour_index(geom, q.device)                    # (N, K) each
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     gl = geom.as_list()
-    s = _qk(q, k, gl, backend).to(acc) * scale                             # (B, h, N, K)
+    s = _qk(q * scale, k, gl, backend).to(acc)                             # (B, h, N, K)
+    term = _empty_slots(geom, q.device, acc)                               # (N, K): 0 or -inf
     if bias is not None:
-        s = s + bias[rows].permute(2, 0, 1).to(acc)                        # (h, N, K)
-    p = torch.softmax(s.masked_fill(keys < 0, float("-inf")), dim=-1)
+        _, rows = cached_neighbour_index(geom, q.device)
+        term = bias[rows].permute(2, 0, 1).to(acc) + term                  # (h, N, K)
+    p = torch.softmax(s + term, dim=-1)
     return _av(p.to(v.dtype), v, gl, backend)
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_slots(geom: AttnGeometry, device: torch.device, dtype: torch.dtype) -> Tensor:
+    keys, _ = cached_neighbour_index(geom, device)
+    return torch.zeros(keys.shape, dtype=dtype, device=device).masked_fill(keys < 0, float("-inf"))
