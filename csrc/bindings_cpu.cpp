@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 #include <cstdint>
 #include "common/geometry.h"
+#include "common/neighbours.h"
 #include "common/tiles_cuda.h"
 #include "cpu/kernels.h"
 
@@ -59,6 +60,30 @@ PYBIND11_MODULE(_C_cpu, m) {
           py::gil_scoped_release nogil;
           tgf::attn_bwd_f32(a);
         });
+
+  // Sparse-logit primitives: x, y, out as views (empty list: unused), p the (B, h, N, K) slots.
+  auto sparse_op = [&m](const char* name, void (*fn)(const tgf::SparseArgs&)) {
+    m.def(name, [fn](std::vector<int64_t> x, std::vector<int64_t> y, std::vector<int64_t> out,
+                     uintptr_t p, int B, int heads, int N, int d, std::vector<int> geom, int threads) {
+      const tgf::View none{nullptr, 0, 0, 0};
+      tgf::SparseArgs a{x.empty() ? none : V(x), y.empty() ? none : V(y), out.empty() ? none : V(out),
+                        P<float>(p), B, heads, N, d, G(geom), threads};
+      py::gil_scoped_release nogil;
+      fn(a);
+    });
+  };
+  sparse_op("sparse_qk_f32", tgf::sparse_qk_f32);
+  sparse_op("sparse_av_f32", tgf::sparse_av_f32);
+  sparse_op("sparse_avt_f32", tgf::sparse_avt_f32);
+  // The slot table of common/neighbours.h (row-major N x K), for tests against neighbours.py.
+  m.def("neighbour_keys", [](std::vector<int> g) {
+    const tgf::Geom G_ = G(g);
+    const int N = G_.H * G_.W, K = tgf::num_slots(G_);
+    std::vector<int> t(static_cast<size_t>(N) * K);
+    for (int i = 0; i < N; ++i)
+      for (int s = 0; s < K; ++s) t[static_cast<size_t>(i) * K + s] = tgf::slot_key(G_, i, s);
+    return t;
+  });
 
   // Resampling on contiguous (B, N, C) maps; H, W follow the `_library` convention of each op.
   auto map_op = [&m](const char* name, void (*fn)(const float*, float*, int64_t, int64_t, int64_t,

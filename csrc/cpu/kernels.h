@@ -46,6 +46,22 @@ struct AttnBwdArgs {
 };
 void attn_bwd_f32(const AttnBwdArgs& a);
 
+// Sparse-logit primitives (sparse_attn.cpp; contract in transgan_fast/ops/_sparse.py). `p` is the
+// contiguous (B, heads, N, K) slot tensor: the output of qk, the weights of av / avt.
+//   sparse_qk_f32:  p[b,h,i,s]  = x_i . y_key(i,s)           (0 at empty slots)
+//   sparse_av_f32:  out[b,h,i]  = sum_s p[i,s] x_key(i,s)
+//   sparse_avt_f32: out[b,h,m]  = sum_{key(i,s)=m} p[i,s] x_i
+struct SparseArgs {
+  View x, y, out;  // unused views have p == nullptr
+  float* p;
+  int B, heads, N, d;
+  Geom geom;
+  int threads;
+};
+void sparse_qk_f32(const SparseArgs& a);
+void sparse_av_f32(const SparseArgs& a);
+void sparse_avt_f32(const SparseArgs& a);
+
 // Resampling on (B, N, C) token maps (contiguous); H, W as the op's `_library` convention.
 void bicubic_upsample_seq_f32(const float* x, float* out, int64_t B, int64_t H, int64_t W,
                               int64_t C, int threads);

@@ -67,6 +67,29 @@ if _C is not None:
                         0 if bias is None else bias.shape[0], B, h, N, d, geom.as_list(),
                         float(scale), torch.get_num_threads())
 
+    # Sparse-logit primitives (contract in `_sparse.py`): x/y views, p the contiguous slots.
+    def _sparse_call(fn, name, x, y, out, p, geom):
+        _check_f32(name, x, y, out, p)
+        if not p.is_contiguous():
+            raise ValueError(f"cpu {name}: the (B, h, N, K) slot tensor must be contiguous; "
+                             f"got strides {p.stride()}")
+        B, h, N, d = x.shape
+        fn([] if x is None else _view(x), [] if y is None else _view(y),
+           [] if out is None else _view(out), p.data_ptr(), B, h, N, d, geom.as_list(),
+           torch.get_num_threads())
+
+    @register_kernel("cpu", "sparse_qk")
+    def sparse_qk(a, b, geom, out):
+        _sparse_call(_C.sparse_qk_f32, "sparse_qk", a, b, None, out, geom)
+
+    @register_kernel("cpu", "sparse_av")
+    def sparse_av(p, v, geom, out):
+        _sparse_call(_C.sparse_av_f32, "sparse_av", v, None, out, p, geom)
+
+    @register_kernel("cpu", "sparse_avt")
+    def sparse_avt(p, x, geom, out):
+        _sparse_call(_C.sparse_avt_f32, "sparse_avt", x, None, out, p, geom)
+
     def _map_kernel(op, fn):
         """Register a resampling kernel `(x, H, W, out)` over contiguous (B, N, C) maps."""
         @register_kernel("cpu", op)

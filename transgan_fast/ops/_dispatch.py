@@ -43,6 +43,9 @@ DTYPES = {
                "cpu": (torch.float16, torch.float32)},
 }
 
+# The kernels of the second-order path of attention (`_sparse.py`).
+SPARSE_KERNELS = ("sparse_qk", "sparse_av", "sparse_avt")
+
 # The kernels a public op needs from a backend (forward and backward).
 OP_KERNELS = {
     "attention": ("attn_fwd", "attn_bwd"),
@@ -52,6 +55,10 @@ OP_KERNELS = {
     "bicubic_upsample_seq": ("bicubic_upsample_seq", "bicubic_upsample_seq_adjoint"),
     "avg_pool_seq": ("avg_pool_seq", "avg_pool_seq_adjoint"),
     "pixel_norm": ("pixel_norm", "pixel_norm_backward"),
+    # Sparse-logit primitives (`_sparse.py`): each one's backward runs the other two.
+    "sparse_qk": SPARSE_KERNELS,
+    "sparse_av": SPARSE_KERNELS,
+    "sparse_avt": SPARSE_KERNELS,
 }
 
 # `auto` order per device type: fastest first.

@@ -12,9 +12,14 @@ Kernel contracts (every backend implements the same signatures):
   uninitialised (every element must be written); `dbias` is `None` or float32 `(rows, h)` zeros.
 - resampling kernels: see each op below; `out` is contiguous and uninitialised.
 
-Second order (docs/ops.md §3): when grad mode is on inside a backward (`create_graph=True`), the backward
-recomputes through the reference with autograd, so gradients of any order are exact; otherwise it
-runs the fused backward kernel.
+Second order (docs/ops.md §3): a backward run without `create_graph` calls the fused backward kernel.
+With `create_graph=True` (gradient penalties) the attention backward recomputes the forward from
+the sparse-logit primitives of `_sparse.py` on the forward's backend (`qk` over each query's
+neighbour slots, softmax in float32, `av`) and differentiates that with autograd; each primitive's
+backward is made of the others, so gradients of every order stay on the fused kernels, with memory
+linear in N * K (K = the keys one query sees), never the dense N x N reference. A backend without
+the primitives raises `BackendUnavailableError`. Inputs passed in several slots (q is k) get each
+slot's own gradient (`_grads_through`). Pixel norm's second order goes through its reference.
 
 Two families of the same ops share one body each (`_attention_ops`, `_linear_pair`):
 - `transgan_fast::attn_fwd`, ...: `custom_op`s that run the kernel of the `backend` they are given
@@ -176,23 +181,36 @@ def _attn_qkv_bwd_fake(qkv, bias, out, lse, dout, heads, geom, scale, backend):
 
 def _double_backward_needed(*tensors) -> bool:
     """True inside a backward run with create_graph=True whose result must itself be
-    differentiable; then the backward recomputes through the reference with autograd."""
+    differentiable; then the backward recomputes a differentiable forward and uses autograd."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _grads_through(out, inputs, grad_out):
-    """Gradients of `out` w.r.t. `inputs` (None where not needed), differentiable themselves."""
-    need = [t for t in inputs if t is not None and t.requires_grad]
+def _grads_through(fn, inputs, grad_out):
+    """Gradients of `fn(*inputs)` w.r.t. each input slot (None where not needed), themselves
+    differentiable. Every slot enters `fn` as its own alias, so a tensor passed in two slots
+    (q is k) or computed from another input (k = v * 1) gets its slot's partial derivative only:
+    autograd sums the slots, and differentiating w.r.t. the tensors themselves would count every
+    slot (or path) once per slot."""
+    slots = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
+    out = fn(*slots)
+    need = [t for t in slots if t is not None and t.requires_grad]
     got = iter(torch.autograd.grad(out, need, grad_out, create_graph=True, allow_unused=True)
                if need else ())
     res = []
-    for t in inputs:
+    for t in slots:
         if t is not None and t.requires_grad:
             g = next(got)
             res.append(torch.zeros_like(t) if g is None else g)
         else:
             res.append(None)
     return res
+
+
+def _sparse_attention(backend: str, op: str):
+    """`(q, k, v, bias, geom, scale) -> out` through the sparse-logit primitives of `backend`."""
+    from . import _sparse
+    _sparse.require_sparse_kernels(backend, op)
+    return _sparse.sparse_attention
 
 
 def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
@@ -213,9 +231,10 @@ def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
     def backward(ctx, dout, _dlse):
         q, k, v, bias, out, lse = ctx.saved_tensors
         if _double_backward_needed(q, k, v, bias, dout):
-            from .attention import attention_ref
-            o = attention_ref(q, k, v, AttnGeometry.from_list(ctx.geom), bias, ctx.scale)
-            return (*_grads_through(o, (q, k, v, bias), dout), None, None, None)
+            attn = _sparse_attention(ctx.backend, "attention")
+            geom = AttnGeometry.from_list(ctx.geom)
+            f = lambda q, k, v, bias: attn(q, k, v, bias, geom, ctx.scale, ctx.backend)  # noqa: E731
+            return (*_grads_through(f, (q, k, v, bias), dout), None, None, None)
         dq, dk, dv, dbias = ops.bwd(q, k, v, bias, out, lse, dout, ctx.geom, ctx.scale, ctx.backend)
         return dq, dk, dv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None
 
@@ -229,12 +248,14 @@ def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
     def qkv_backward(ctx, dout, _dlse):
         qkv, bias, out, lse = ctx.saved_tensors
         if _double_backward_needed(qkv, bias, dout):
-            from .attention import attention_ref
+            attn = _sparse_attention(ctx.backend, "attention_qkv")
+            geom = AttnGeometry.from_list(ctx.geom)
             B, N, C3 = qkv.shape
-            q, k, v = _split_qkv(qkv, ctx.heads)
-            o = attention_ref(q, k, v, AttnGeometry.from_list(ctx.geom), bias, ctx.scale)
-            o = o.transpose(1, 2).reshape(B, N, C3 // 3)
-            return (*_grads_through(o, (qkv, bias), dout), None, None, None, None)
+
+            def f(qkv, bias):
+                o = attn(*_split_qkv(qkv, ctx.heads), bias, geom, ctx.scale, ctx.backend)
+                return o.transpose(1, 2).reshape(B, N, C3 // 3)             # (B, N, h*d)
+            return (*_grads_through(f, (qkv, bias), dout), None, None, None, None)
         dqkv, dbias = ops.qkv_bwd(qkv, bias, out, lse, dout, ctx.heads, ctx.geom, ctx.scale,
                                   ctx.backend)
         return dqkv, (dbias.to(bias.dtype) if bias is not None else None), None, None, None, None
@@ -418,7 +439,7 @@ def _pn_backward(ctx, g):
     (x,) = ctx.saved_tensors
     if _double_backward_needed(x, g):
         from .resample import pixel_norm_ref
-        return _grads_through(pixel_norm_ref(x), (x,), g)[0], None
+        return _grads_through(pixel_norm_ref, (x,), g)[0], None
     return _pixel_norm_bwd(x, g, ctx.backend), None
 
 

@@ -12,6 +12,7 @@ import torch
 from ._dispatch import register_kernel
 from .attention import probs_times_values
 from .geometry import bias_index, visibility
+from .neighbours import cached_neighbour_index, sparse_av_ref, sparse_avt_ref, sparse_qk_ref
 from .resample import (PIXEL_NORM_EPS, avg_pool_seq_ref, bicubic_upsample_seq_ref, pixel_norm_ref,
                        pixel_shuffle_seq_ref, pixel_unshuffle_seq_ref)
 
@@ -49,6 +50,31 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
         idx = bias_index(geom, q.device).reshape(-1)                           # (N*N,)
         per_head = ds.sum(0).reshape(ds.shape[1], -1).to(dbias.dtype)          # (h, N*N)
         dbias.index_add_(0, idx, per_head.t())
+
+
+# Sparse-logit primitives (contract in `_sparse.py`): the neighbours.py references, accumulated in
+# at least float32.
+
+def _acc(t):
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+@register_kernel("ref", "sparse_qk")
+def sparse_qk(a, b, geom, out):
+    keys, _ = cached_neighbour_index(geom, a.device)
+    out.copy_(sparse_qk_ref(_acc(a), _acc(b), keys))
+
+
+@register_kernel("ref", "sparse_av")
+def sparse_av(p, v, geom, out):
+    keys, _ = cached_neighbour_index(geom, p.device)
+    out.copy_(sparse_av_ref(_acc(p), _acc(v), keys))
+
+
+@register_kernel("ref", "sparse_avt")
+def sparse_avt(p, x, geom, out):
+    keys, _ = cached_neighbour_index(geom, p.device)
+    out.copy_(sparse_avt_ref(_acc(p), _acc(x), keys))
 
 
 def _bicubic_matrix(L, dtype, device):

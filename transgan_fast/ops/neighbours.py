@@ -27,6 +27,7 @@ index -1; no key appears twice in one row):
 """
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import torch
@@ -89,6 +90,13 @@ def neighbour_index(geom: AttnGeometry, device=None) -> Tuple[Tensor, Tensor]:
     return _finish(geom, ok.reshape(N, -1), ky.expand_as(ok).reshape(N, -1),
                    kx.expand_as(ok).reshape(N, -1), by.expand_as(ok).reshape(N, -1),
                    bx.expand_as(ok).reshape(N, -1))
+
+
+@functools.lru_cache(maxsize=64)
+def cached_neighbour_index(geom: AttnGeometry, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """`neighbour_index(geom, device)`, built once per (geometry, device): every kernel call of a
+    layer reuses it (callers must not modify the returned tensors)."""
+    return neighbour_index(geom, device)
 
 
 def _finish(geom: AttnGeometry, ok, ky, kx, by, bx) -> Tuple[Tensor, Tensor]:
