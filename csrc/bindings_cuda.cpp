@@ -98,15 +98,17 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("attn_bwd",
         [](int dtype, std::vector<int> geom, std::vector<int64_t> dims, double scale,
            std::vector<int64_t> views, uintptr_t bias, uintptr_t dbias, uintptr_t lse,
-           uintptr_t delta, uintptr_t stream) {
+           uintptr_t delta, uintptr_t stream, uintptr_t dslot, int64_t chunk) {
           require_device("attn_bwd");
           auto c = attn_call(dtype, geom, dims, scale, views, "attn_bwd");
           c.bias = bias; c.dbias = dbias; c.lse = lse; c.delta = delta; c.stream = stream;
+          c.dslot = dslot; c.chunk = chunk;
           const char* msg = nullptr;
           const int err = tgf::cuda::attn_bwd(c, &msg);
           check_attn(err, msg, "attn_bwd");
         },
-        "fused attention backward; views: q, k, v, out, dout, dq, dk, dv; delta: float32 (B,h,N) scratch");
+        "fused attention backward; views: q, k, v, out, dout, dq, dk, dv; delta: float32 (B,h,N) "
+        "scratch; with a bias, dslot: float32 (chunk, h, N, K) scratch of per-slot dS");
   m.def("sparse_attn",
         [](int op, int dtype, std::vector<int> geom, std::vector<int64_t> dims, uintptr_t x,
            std::vector<int64_t> xs, uintptr_t y, std::vector<int64_t> ys, uintptr_t out,

@@ -55,7 +55,7 @@ def test_launch_without_device_raises_clearly():
         "attn_fwd": lambda: C.attn_fwd(0, [4, 4, 0, 4, 4, 0, 0, 4, 4], [1, 1, 16, 8], 0.5,
                                        [0, 0, 0, 0] * 4, 0, 0, 0),
         "attn_bwd": lambda: C.attn_bwd(0, [4, 4, 0, 4, 4, 0, 0, 4, 4], [1, 1, 16, 8], 0.5,
-                                       [0, 0, 0, 0] * 8, 0, 0, 0, 0, 0),
+                                       [0, 0, 0, 0] * 8, 0, 0, 0, 0, 0, 0, 0),
         "bicubic_upsample_seq": lambda: C.bicubic_upsample_seq(0, 0, 0, 1, 2, 2, 4, False, 0),
         "avg_pool_seq": lambda: C.avg_pool_seq(0, 0, 0, 1, 2, 2, 4, True, 0),
         "pixel_norm": lambda: C.pixel_norm(0, 0, 0, 0, 4, 4, 0),

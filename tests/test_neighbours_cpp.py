@@ -1,8 +1,9 @@
-"""csrc/common/neighbours.h (the slot math of the CUDA sparse kernels) against ops/neighbours.py.
+"""csrc/common/neighbours.h (the slot math of the CUDA sparse kernels and of the CUDA rel-bias
+gradient reduction) against ops/neighbours.py and the dense geometry.
 
 No GPU is needed: the header is host+device, so a small C++ driver compiled here runs the exact
-functions the CUDA kernels call - key of every slot, and the enumeration of the queries that see
-each key (the transpose's gather order) - and both must match the Python layout.
+functions the CUDA kernels call - key of every slot, the enumeration of the queries that see each
+key (the transpose's gather order), the key at every bias-table row - and all must match Python.
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
   }
+  const int rows = (2 * g.B1 - 1) * (2 * g.B2 - 1);
+  for (int i = 0; i < N; ++i)             // key at every bias-table row, per query
+    for (int r = 0; r < rows; ++r) std::printf("%d%c", tgf::offset_key(g, i, r), r + 1 < rows ? ' ' : '\n');
   return 0;
 }
 """
@@ -56,6 +60,7 @@ GEOMS = [
     G.local_geometry((7, 6), kernel_size=(4, 3), border="shift"),
     G.local_geometry((13, 11), kernel_size=(5, 2), border="shift", dilation=(2, 1)),
     G.local_geometry((5, 5), kernel_size=5, border="shift"),
+    G.local_geometry((5, 4), kernel_size=3, bias_rows=9 * 7),
 ]
 
 
@@ -87,3 +92,11 @@ def test_header_matches_python_layout(driver, geom):
         assert sorted(pairs) == expect, f"key {m}"                  # every seer exactly once
         if geom.kind == G.NBHD:                                     # exact range: no dead candidates
             assert vals[0] == len(expect)
+    # offset_key: the key each query sees at each table row (-1: none) inverts bias_index.
+    at_row = torch.tensor([[int(t) for t in ln.split()] for ln in lines[1 + 2 * N:1 + 3 * N]])
+    expect = torch.full((N, geom.bias_rows), -1, dtype=torch.long)
+    qi, kj = G.visibility(geom).nonzero(as_tuple=True)
+    rows = G.bias_index(geom)[qi, kj]
+    assert len(set(zip(qi.tolist(), rows.tolist()))) == len(qi)   # one key per (query, row)
+    expect[qi, rows] = kj
+    assert torch.equal(at_row, expect)

@@ -69,6 +69,29 @@ TGF_HD int key_slot(const Geom& g, const SlotGrid& sg, int i, int m) {
   }
 }
 
+// Key that query i sees at relative-bias table row r, or -1 when there is none: geometry.h's
+// bias_row inverted (the offset is query minus key in the kind's bias coordinates). No table
+// clamps the offset of a visible pair, so this is the one key with bias_row(g, i, key) == r.
+TGF_HD int offset_key(const Geom& g, int i, int r) {
+  const int dy = r / (2 * g.B2 - 1) - (g.B1 - 1), dx = r % (2 * g.B2 - 1) - (g.B2 - 1);
+  const int y = i / g.W, x = i % g.W;
+  int ky = y - dy, kx = x - dx;
+  if (g.kind == GRID) {  // in-window offsets of rolled coordinates
+    const int ry = rolled(y, g.H, g.p2), rx = rolled(x, g.W, g.p3), kry = ry - dy, krx = rx - dx;
+    if (kry < 0 || krx < 0 || kry >= g.H || krx >= g.W || kry / g.p0 != ry / g.p0 ||
+        krx / g.p1 != rx / g.p1)
+      return -1;
+    ky = (kry + g.p2) % g.H;
+    kx = (krx + g.p3) % g.W;
+  } else if (g.kind == NBHD) {  // offsets in dilation-group units
+    ky = y - dy * g.p2;
+    kx = x - dx * g.p3;
+  }
+  if (ky < 0 || ky >= g.H || kx < 0 || kx >= g.W) return -1;
+  const int k = ky * g.W + kx;
+  return visible(g, i, k) ? k : -1;
+}
+
 // NATTEN, one axis: the positions whose window holds key position `pos` are
 // (lo + t) * d + pos % d for 0 <= t < count. Window starts clamp(ig - k/2, 0, Lg - k) do not
 // decrease with ig, so this is an interval; a position always lies in its own window.

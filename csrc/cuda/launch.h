@@ -27,6 +27,10 @@ struct AttnCall {
   uintptr_t lse = 0;              // float32 (B, h, N) contiguous
   uintptr_t delta = 0;            // float32 (B, h, N) scratch for the backward
   uintptr_t stream = 0;
+  // Backward with bias: float32 (chunk, h, N, K) scratch of per-slot dS (common/neighbours.h),
+  // reduced into dbias in a fixed order after each chunk of `chunk` batch elements.
+  uintptr_t dslot = 0;
+  int64_t chunk = 0;
 };
 // Argument problems come back as a message in `err` and cudaErrorInvalidValue.
 int attn_fwd(const AttnCall& c, const char** err);

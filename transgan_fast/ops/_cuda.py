@@ -13,6 +13,9 @@ _C = _ext.cuda_module
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 MAX_HEAD_DIM = 256
+# Upper bound on the backward's per-slot dS scratch (deterministic dbias, csrc/cuda/bias_grad.cu):
+# the batch is reduced in chunks of as many elements as fit, at least one.
+DBIAS_SCRATCH_BYTES = 256 << 20
 
 
 def _ptr(t):
@@ -93,8 +96,13 @@ if _C is not None:
         delta = torch.empty((B, h, N), dtype=torch.float32, device=q.device)  # rowsum(dO * O)
         views = (_view(q, "q") + _view(k, "k") + _view(v, "v") + _view(out, "out") +
                  _view(dout, "dout") + _view(dq, "dq") + _view(dk, "dk") + _view(dv, "dv"))
+        dslot, chunk = None, 0
+        if bias is not None:
+            K = num_slots(geom)
+            chunk = max(1, min(B, DBIAS_SCRATCH_BYTES // (h * N * K * 4)))
+            dslot = torch.empty((chunk, h, N, K), dtype=torch.float32, device=q.device)
         _C.attn_bwd(DTYPE_CODE[q.dtype], geom.as_list(), dims, float(scale), views, _ptr(bias),
-                    _ptr(dbias), _ptr(lse.contiguous()), _ptr(delta), _stream(q))
+                    _ptr(dbias), _ptr(lse.contiguous()), _ptr(delta), _stream(q), _ptr(dslot), chunk)
 
     @register_kernel("cuda", "sparse_qk")
     @_on_device
