@@ -129,6 +129,9 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DSlot,
 
     dq = tl.zeros((BLOCK_M, DP), tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
+    if HAS_BIAS:  # dS slot row of each query, and the query's part of the slot index
+        srow = DSlot + ((bt * heads + hd) * N + qtok) * (SA * SB) - \
+            S.slot_part(yi, xi, H, W, SA, SB, P0, P1, P2, P3, KIND, False)
     for start in range(0, total, BLOCK_N):
         yj, xj, ktok, kvalid = G.rect_points(start + offs_n, total, ka0, kb0, KB, c0, c1,
                                              H, W, P0, P1, P2, P3, KIND)
@@ -139,8 +142,8 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DSlot,
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = tl.where(vis, p * (dp - dl[:, None]), 0.0)
         if HAS_BIAS:  # pass 1 of the dbias reduction: each visible pair's slot, written once
-            slot, _ = S.key_slot(qtok[:, None], ktok[None, :], H, W, SA, SB, P0, P1, P2, P3, KIND)
-            tl.store(DSlot + ((bt * heads + hd) * N + qtok[:, None]) * (SA * SB) + slot, ds, mask=vis)
+            kpart = S.slot_part(yj, xj, H, W, SA, SB, P0, P1, P2, P3, KIND, True)
+            tl.store(srow[:, None] + kpart[None, :], ds, mask=vis)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
 
     tl.store(DQ + bt * sqgb + hd * sqgh + qtok[:, None] * sqgn + offs_d[None, :],

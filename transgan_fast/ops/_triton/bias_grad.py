@@ -23,6 +23,8 @@ from . import tuning
 
 # Upper bound on the pass-1 scratch (B elements of (heads, N, K) float32 each are split to fit).
 SCRATCH_BYTES = 256 << 20
+# (BLOCK_R, BLOCK_I) on a GPU: no spills on sm_80 (scripts/triton_aot_check.py).
+GPU_BLOCKS = (32, 64)
 
 
 @triton.jit
@@ -96,7 +98,7 @@ def reduce_into(dslot: torch.Tensor, n_batch: int, geom: AttnGeometry, dbias: to
     heads = dslot.shape[1]
     rows = dbias.shape[0]
     sa, sb = S.slot_grid(geom)
-    block_r, block_i = (32, 64) if tuning.interpreting() else (32, 128)
+    block_r, block_i = (32, 64) if tuning.interpreting() else GPU_BLOCKS
     grid = (triton.cdiv(rows, block_r), heads)
     tuning.launch(bias_reduce_kernel, grid, dslot, dbias, n_batch, heads, rows, geom.H, geom.W, sa, sb,
                   *geom.p, *geom.bias_hw, KIND=geom.kind, BLOCK_R=block_r, BLOCK_I=block_i)

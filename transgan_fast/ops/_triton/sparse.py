@@ -89,6 +89,31 @@ def key_slot(i, m, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr):
 
 
 @triton.jit
+def slot_part(y, x, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr, IS_KEY: tl.constexpr):
+    """`key_slot` split for tiles: the slot of a visible pair is `part(key) - part(query)`, so a
+    (queries x keys) tile costs one subtraction per pair (`(y, x)`: map coordinates)."""
+    if KIND == 0:  # in-window position of the rolled key; the query plays no part
+        if IS_KEY:
+            part = (((y - P2 + H) % H) % P0) * SB + ((x - P3 + W) % W) % P1
+        else:
+            part = y * 0
+    elif KIND == 1:
+        part = y * W + x
+        if not IS_KEY:
+            part -= (SB - 1) // 2
+    elif KIND == 2:
+        part = y * SB + x
+        if not IS_KEY:
+            part -= ((SA - 1) // 2) * SB + (SB - 1) // 2
+    else:
+        if IS_KEY:
+            part = (y // P2) * SB + x // P3
+        else:
+            part = G.nbhd_start(y, H, P0, P2) * SB + G.nbhd_start(x, W, P1, P3)
+    return part
+
+
+@triton.jit
 def inverse_range(pos, L, k, d):
     """NATTEN, one axis: the queries whose window holds key `pos` are `(lo + t) * d + pos % d` for
     `0 <= t < count` (group units; windows start at clamp(ig - k//2, 0, Lg - k), non-decreasing)."""
@@ -231,11 +256,16 @@ def slot_grid(geom: AttnGeometry):
     return sa, sb
 
 
-def _blocks(K: int, d: int):
-    """(BLOCK_M, BLOCK_S, BLOCK_D): a (BLOCK_M, BLOCK_S, BLOCK_D) gathered tile per step."""
-    if tuning.interpreting():
-        return 64, min(32, G.next_pow2(K)), min(32, G.next_pow2(d))
-    return 32, min(16, G.next_pow2(K)), min(32, G.next_pow2(d))
+# GPU (BLOCK_M, BLOCK_S, BLOCK_D) per kernel: 2048-element gathered tiles on 4 warps. Twice that
+# spills on sm_80 (the 3-D pointer tiles are 64-bit); `scripts/triton_aot_check.py` compiles these.
+GPU_BLOCKS = {"qk": (16, 16, 8), "av": (16, 8, 16), "avt": (16, 8, 16)}
+
+
+def _blocks(op: str, K: int, d: int):
+    """(BLOCK_M, BLOCK_S, BLOCK_D): a (BLOCK_M, BLOCK_S, BLOCK_D) gathered tile per step (the
+    interpreter prefers few large programs)."""
+    bm, bs, bd = (64, 32, 32) if tuning.interpreting() else GPU_BLOCKS[op]
+    return bm, min(bs, G.next_pow2(K)), min(bd, G.next_pow2(d))
 
 
 def _geo_args(geom: AttnGeometry):
@@ -251,7 +281,7 @@ def sparse_qk(a, b, geom, out):
     """Kernel-contract entry: out `(B, h, N, K)` contiguous = a_i . b_key(i,s), 0 at empty slots."""
     B, h, N, d = a.shape
     K = num_slots(geom)
-    bm, bs, bd = _blocks(K, d)
+    bm, bs, bd = _blocks("qk", K, d)
     grid = (triton.cdiv(N, bm) * triton.cdiv(K, bs), h, B)
     tuning.launch(sparse_qk_kernel, grid, a, b, out, *_s3(a), *_s3(b), h, d, *_geo_args(geom),
                   KIND=geom.kind, BLOCK_M=bm, BLOCK_S=bs, BLOCK_D=bd)
@@ -260,7 +290,7 @@ def sparse_qk(a, b, geom, out):
 def sparse_av(p, v, geom, out):
     """Kernel-contract entry: out `(B, h, N, d)` contiguous = sum_s p[i, s] v_key(i,s)."""
     B, h, N, d = v.shape
-    bm, bs, bd = _blocks(num_slots(geom), d)
+    bm, bs, bd = _blocks("av", num_slots(geom), d)
     grid = (triton.cdiv(N, bm) * triton.cdiv(d, bd), h, B)
     tuning.launch(sparse_av_kernel, grid, p, v, out, *_s3(v), h, d, *_geo_args(geom),
                   KIND=geom.kind, BLOCK_M=bm, BLOCK_S=bs, BLOCK_D=bd)
@@ -270,7 +300,7 @@ def sparse_avt(p, x, geom, out):
     """Kernel-contract entry: out `(B, h, N, d)` contiguous; row m = sum of p[i, s] x_i over the
     (i, s) whose key is m (every row written, fixed summation order)."""
     B, h, N, d = x.shape
-    bm, bs, bd = _blocks(num_slots(geom), d)
+    bm, bs, bd = _blocks("avt", num_slots(geom), d)
     grid = (triton.cdiv(N, bm) * triton.cdiv(d, bd), h, B)
     tuning.launch(sparse_avt_kernel, grid, p, x, out, *_s3(x), h, d, *_geo_args(geom),
                   KIND=geom.kind, BLOCK_M=bm, BLOCK_S=bs, BLOCK_D=bd)
