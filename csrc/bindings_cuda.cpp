@@ -98,15 +98,39 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("attn_bwd",
         [](int dtype, std::vector<int> geom, std::vector<int64_t> dims, double scale,
            std::vector<int64_t> views, uintptr_t bias, uintptr_t dbias, uintptr_t lse,
-           uintptr_t delta, uintptr_t stream) {
+           uintptr_t delta, uintptr_t stream, uintptr_t dslot, int64_t chunk) {
           require_device("attn_bwd");
           auto c = attn_call(dtype, geom, dims, scale, views, "attn_bwd");
           c.bias = bias; c.dbias = dbias; c.lse = lse; c.delta = delta; c.stream = stream;
+          c.dslot = dslot; c.chunk = chunk;
           const char* msg = nullptr;
           const int err = tgf::cuda::attn_bwd(c, &msg);
           check_attn(err, msg, "attn_bwd");
         },
-        "fused attention backward; views: q, k, v, out, dout, dq, dk, dv; delta: float32 (B,h,N) scratch");
+        "fused attention backward; views: q, k, v, out, dout, dq, dk, dv; delta: float32 (B,h,N) "
+        "scratch; with a bias, dslot: float32 (chunk, h, N, K) scratch of per-slot dS");
+  m.def("sparse_attn",
+        [](int op, int dtype, std::vector<int> geom, std::vector<int64_t> dims, uintptr_t x,
+           std::vector<int64_t> xs, uintptr_t y, std::vector<int64_t> ys, uintptr_t out,
+           uintptr_t stream) {
+          static const char* names[] = {"sparse_qk", "sparse_av", "sparse_avt"};
+          const char* name = op >= 0 && op < 3 ? names[op] : "sparse_attn";
+          require_device(name);
+          if (geom.size() != 9) throw std::invalid_argument(std::string(name) + ": geom must have 9 ints");
+          if (dims.size() != 5) throw std::invalid_argument(std::string(name) + ": dims must be [B, h, N, d, K]");
+          if (xs.size() != 3 || ys.size() != 3)
+            throw std::invalid_argument(std::string(name) + ": strides must be [sb, sh, sn]");
+          tgf::cuda::SparseCall c;
+          c.op = op; c.dtype = dtype;
+          for (int i = 0; i < 9; ++i) c.geom[i] = geom[i];
+          c.B = dims[0]; c.h = dims[1]; c.N = dims[2]; c.d = dims[3]; c.K = dims[4];
+          c.x = x; c.y = y; c.out = out; c.stream = stream;
+          for (int i = 0; i < 3; ++i) { c.xs[i] = xs[i]; c.ys[i] = ys[i]; }
+          const char* msg = nullptr;
+          const int err = tgf::cuda::sparse_attn(c, &msg);
+          check_attn(err, msg, name);
+        },
+        "sparse-logit primitive: op 0 qk, 1 av, 2 avt; dims [B, h, N, d, K]; x, y strided, out contiguous");
   m.def("bicubic_upsample_seq",
         [](int dtype, uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C_,
            bool adjoint, uintptr_t stream) {

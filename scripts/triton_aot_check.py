@@ -29,13 +29,18 @@ from triton.compiler import ASTSource  # noqa: E402
 from transgan_fast.ops._triton import tuning  # noqa: E402
 from transgan_fast.ops._triton.attention_bwd import delta_kernel, dkdv_kernel, dq_kernel  # noqa: E402
 from transgan_fast.ops._triton.attention_fwd import attn_fwd_kernel  # noqa: E402
+from transgan_fast.ops._triton import bias_grad, sparse  # noqa: E402
+from transgan_fast.ops._triton.bias_grad import bias_reduce_kernel  # noqa: E402
 from transgan_fast.ops._triton.shuffle import shuffle_kernel, unshuffle_kernel  # noqa: E402
+from transgan_fast.ops._triton.sparse import (sparse_av_kernel, sparse_avt_kernel,  # noqa: E402
+                                              sparse_qk_kernel)
 
 PTR = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 
 
-POINTERS = {"Q", "K", "V", "O", "DO", "Out", "DQ", "DK", "DV", "X", "Pos", "G"}  # activations
-F32_POINTERS = {"Bias", "Lse", "Delta", "DBias"}                                  # float32 tables
+POINTERS = {"Q", "K", "V", "O", "DO", "Out", "DQ", "DK", "DV", "X", "Pos", "G",
+            "A", "Bm", "Pr"}                                                       # activations
+F32_POINTERS = {"Bias", "Lse", "Delta", "DBias", "DSlot"}                         # float32 tables
 
 
 def signature(kernel, dtype: str, constexprs: dict) -> dict:
@@ -119,6 +124,16 @@ def main(argv=None) -> int:
                               (shuffle_kernel, dict(HAS_POS=True, BLOCK_T=64, BLOCK_C=64)),
                               (unshuffle_kernel, dict(BLOCK_T=64, BLOCK_C=64)))
                  for dt in (("fp16",) if a.quick else PTR)]
+        # Sparse-logit primitives and the dbias reduction at their GPU tiles, every kind.
+        jobs += [(k, dt, dict(KIND=kind, **dict(zip(("BLOCK_M", "BLOCK_S", "BLOCK_D"),
+                                                    sparse.GPU_BLOCKS[op]))),
+                  triton.Config({}, num_warps=4, num_stages=1))
+                 for op, k in (("qk", sparse_qk_kernel), ("av", sparse_av_kernel),
+                               ("avt", sparse_avt_kernel))
+                 for kind in range(4) for dt in (("fp16",) if a.quick else PTR)]
+        br, bi = bias_grad.GPU_BLOCKS
+        jobs += [(bias_reduce_kernel, "fp32", dict(KIND=kind, BLOCK_R=br, BLOCK_I=bi),
+                  triton.Config({}, num_warps=4, num_stages=1)) for kind in range(4)]
         for kern, dtype, consts, cfg in jobs:
             what = (f"sm_{arch} {kern.__name__} {dtype} "
                     + " ".join(f"{k}={v}" for k, v in consts.items())
@@ -131,7 +146,7 @@ def main(argv=None) -> int:
                 print(f"FAILED {what}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
                 continue
             done += 1
-            if "BLOCK_M" in consts:  # the pruning estimate must bound what the compiler allocated
+            if "BLOCK_N" in consts:  # the pruning estimate must bound what the compiler allocated
                 est = tuning.smem_estimate(consts["BLOCK_M"], consts["BLOCK_N"], cfg.num_stages,
                                            consts["DP"], 4 if dtype == "fp32" else 2)
                 if smem > est:

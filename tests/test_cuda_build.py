@@ -31,7 +31,7 @@ def _called_launchers():
 def test_module_exposes_every_launcher_the_backend_calls():
     called = _called_launchers()
     assert {"attn_fwd", "attn_bwd", "bicubic_upsample_seq", "avg_pool_seq", "pixel_norm",
-            "pixel_shuffle_seq", "pixel_unshuffle_seq"} <= called
+            "pixel_shuffle_seq", "pixel_unshuffle_seq", "sparse_attn"} <= called
     missing = sorted(n for n in called if not callable(getattr(_ext.cuda_module, n, None)))
     assert not missing, f"_C_cuda lacks {missing}"
 
@@ -55,11 +55,15 @@ def test_launch_without_device_raises_clearly():
         "attn_fwd": lambda: C.attn_fwd(0, [4, 4, 0, 4, 4, 0, 0, 4, 4], [1, 1, 16, 8], 0.5,
                                        [0, 0, 0, 0] * 4, 0, 0, 0),
         "attn_bwd": lambda: C.attn_bwd(0, [4, 4, 0, 4, 4, 0, 0, 4, 4], [1, 1, 16, 8], 0.5,
-                                       [0, 0, 0, 0] * 8, 0, 0, 0, 0, 0),
+                                       [0, 0, 0, 0] * 8, 0, 0, 0, 0, 0, 0, 0),
         "bicubic_upsample_seq": lambda: C.bicubic_upsample_seq(0, 0, 0, 1, 2, 2, 4, False, 0),
         "avg_pool_seq": lambda: C.avg_pool_seq(0, 0, 0, 1, 2, 2, 4, True, 0),
         "pixel_norm": lambda: C.pixel_norm(0, 0, 0, 0, 4, 4, 0),
         "pixel_shuffle_seq": lambda: C.pixel_shuffle_seq(0, 0, 0, 0, 1, 2, 2, 4, 0, 0, 0, 0),
+        "sparse_qk": lambda: C.sparse_attn(0, 0, [4, 4, 0, 4, 4, 0, 0, 4, 4], [1, 1, 16, 8, 16], 0,
+                                           [0, 0, 0], 0, [0, 0, 0], 0, 0),
+        "sparse_avt": lambda: C.sparse_attn(2, 0, [4, 4, 0, 4, 4, 0, 0, 4, 4], [1, 1, 16, 8, 16], 0,
+                                            [0, 0, 0], 0, [0, 0, 0], 0, 0),
     }
     for name, call in calls.items():
         with pytest.raises(RuntimeError, match=f"{name}: no CUDA device"):

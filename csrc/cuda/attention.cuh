@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <type_traits>
 #include "common/geometry.h"
+#include "common/neighbours.h"
 #include "common/tiles_cuda.h"
 #include "cuda/dtype.cuh"
 #include "cuda/launch.h"
@@ -43,6 +44,10 @@ struct AttnParams {
   float* dbias;
   float* lse;
   float* delta;
+  // Backward with bias: per-slot dS scratch of batch elements [b0, b0 + chunk) (bias_grad.cu).
+  float* dslot;
+  SlotGrid sg;
+  int K, b0, chunk;
 };
 
 template <typename T>
@@ -211,6 +216,9 @@ const char* check_attn_call(const AttnCall& c, bool backward);
 AttnParams make_params(const AttnCall& c);
 // Host: opt-in shared memory per block of the current device (0 if unknown).
 size_t max_smem_optin();
+// Host: pass 2 of the deterministic dbias (bias_grad.cu): dbias += fixed-order sums of the
+// scratch slots of `nb` batch elements, per table row and head.
+cudaError_t bias_reduce(const AttnParams& P, int nb, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace tgf

@@ -1,6 +1,8 @@
 // Fused attention backward: three kernels, no atomics on q/k/v gradients.
 //   delta:  D_i = sum_c dO_ic O_ic                        (one warp per query row)
-//   dq:     per query tile, walk its key rectangle:  dQ = scale * dS K, dbias += dS (atomicAdd)
+//   dq:     per query tile, walk its key rectangle:  dQ = scale * dS K; with a bias, dS of each
+//           visible pair is stored in its neighbour slot, and bias_grad.cu sums the slots of every
+//           table row in a fixed order (deterministic dbias, no atomics; batch in scratch chunks)
 //   dkdv:   per key tile, walk its query rectangle:  dV = P^T dO, dK = scale * dS^T Q
 // with P = exp(logit - lse) on visible pairs (0 elsewhere) and dS = P * (dO V^T - D).
 #include <cuda_bf16.h>
@@ -57,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) attn_delta_kernel(const AttnParams P
 // Returns the block-wide vote "some pair was visible". Ends synchronised.
 template <typename T>
 __device__ __forceinline__ bool pair_tiles(const AttnParams& P, BwdSmem<T>& s, const Lds& ld, int hh,
-                           bool write_p, bool dbias) {
+                           bool write_p, float* dslot) {
   const int t = P.t;
   tile_mm<T, false, true>(s.S, ld.S, s.Q, ld.T, s.K, ld.T, t, t, P.dpad, false);
   tile_mm<T, false, true>(s.dP, ld.S, s.dO, ld.T, s.V, ld.T, t, t, P.dpad, false);
@@ -69,7 +71,7 @@ __device__ __forceinline__ bool pair_tiles(const AttnParams& P, BwdSmem<T>& s, c
     if (qi >= 0 && kj >= 0 && visible(P.g, qi, kj)) {
       p = expf(logit(P, hh, qi, kj, s.S[r * ld.S + c]) - s.lse[r]);
       ds = p * (s.dP[r * ld.S + c] - s.D[r]);
-      if (dbias && P.dbias) atomicAdd(P.dbias + bias_row(P.g, qi, kj) * P.h + hh, ds);
+      if (dslot) dslot[static_cast<int64_t>(qi) * P.K + key_slot(P.g, P.sg, qi, kj)] = ds;
       any = 1;
     }
     if (write_p) s.P[r * ld.P + c] = from_f<T>(p);
@@ -96,7 +98,8 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const AttnParams P) {
   const int t = P.t, dpad = P.dpad;
   const Lds ld(t, dpad);
   BwdSmem<T> s(smem, t, dpad, false);
-  const int bh = blockIdx.y, b = bh / P.h, hh = bh % P.h, Wq = tiling_cols(P.g);
+  const int bh = blockIdx.y, b = P.b0 + bh / P.h, hh = bh % P.h, Wq = tiling_cols(P.g);
+  float* dslot = P.dslot ? P.dslot + static_cast<int64_t>(bh) * P.N * P.K : nullptr;  // chunk-local
 
   const Tile qt = block_tile(P.g, t, blockIdx.x);
   chunk_tokens(s.qtok, qt, Wq, 0, t);
@@ -104,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const AttnParams P) {
   __syncthreads();
   load_rows<T>(s.Q, ld.T, P, Q, b, hh, s.qtok);
   load_rows<T>(s.dO, ld.T, P, DO, b, hh, s.qtok);
-  load_row_stats(P, s, bh);
+  load_row_stats(P, s, b * P.h + hh);
 
   const Tile kr = key_rect(P.g, qt);
   const int nk = tile_count(kr);
@@ -115,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const AttnParams P) {
     load_rows<T>(s.K, ld.T, P, K, b, hh, s.ktok);
     load_rows<T>(s.V, ld.T, P, V, b, hh, s.ktok);
     __syncthreads();
-    if (!pair_tiles(P, s, ld, hh, false, true)) continue;
+    if (!pair_tiles(P, s, ld, hh, false, dslot)) continue;
     tile_mm<T, false, false>(s.acc1, ld.O, s.dS, ld.P, s.K, ld.T, t, dpad, t, true);  // dQ += dS K
   }
   __syncthreads();
@@ -148,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) attn_dkdv_kernel(const AttnParams P)
     load_rows<T>(s.dO, ld.T, P, DO, b, hh, s.qtok);
     load_row_stats(P, s, bh);
     __syncthreads();
-    if (!pair_tiles(P, s, ld, hh, true, false)) continue;
+    if (!pair_tiles(P, s, ld, hh, true, nullptr)) continue;
     // P and dS are [query][key] row-major, i.e. P^T and dS^T column-major.
     tile_mm<T, true, false>(s.acc2, ld.O, s.P, ld.P, s.dO, ld.T, t, dpad, t, true);  // dV += P^T dO
     tile_mm<T, true, false>(s.acc1, ld.O, s.dS, ld.P, s.Q, ld.T, t, dpad, t, true);  // dK += dS^T Q
@@ -159,7 +162,8 @@ __global__ void __launch_bounds__(kThreads) attn_dkdv_kernel(const AttnParams P)
 }
 
 template <typename T, typename Kern>
-cudaError_t launch_tiled(Kern kernel, AttnParams P, bool two_acc, cudaStream_t stream, const char** err) {
+cudaError_t launch_tiled(Kern kernel, AttnParams P, bool two_acc, int nbatch, cudaStream_t stream,
+                         const char** err) {
   const size_t cap = max_smem_optin();
   const int t = pick_tile([&](int tt) { return BwdSmem<T>(nullptr, tt, P.dpad, two_acc).bytes; }, cap);
   if (t == 0) { *err = "attn_bwd: head dim too large for this device's shared memory"; return cudaErrorInvalidValue; }
@@ -168,7 +172,7 @@ cudaError_t launch_tiled(Kern kernel, AttnParams P, bool two_acc, cudaStream_t s
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes));
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(block_tile_count(P.g, t), P.B * P.h), kThreads, bytes, stream>>>(P);
+  kernel<<<dim3(block_tile_count(P.g, t), nbatch * P.h), kThreads, bytes, stream>>>(P);
   return cudaGetLastError();
 }
 
@@ -179,16 +183,35 @@ int launch_bwd(const AttnParams& P, cudaStream_t stream, const char** err) {
   attn_delta_kernel<T><<<static_cast<int>(blocks < 65535 * 16 ? blocks : 65535 * 16), kThreads, 0, stream>>>(P);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  e = launch_tiled<T>(attn_dq_kernel<T>, P, false, stream, err);
+  if (!P.dslot) {
+    e = launch_tiled<T>(attn_dq_kernel<T>, P, false, P.B, stream, err);
+  } else {  // each chunk's slots are reduced into dbias before the next chunk overwrites them
+    for (int b0 = 0; b0 < P.B && e == cudaSuccess; b0 += P.chunk) {
+      AttnParams C = P;
+      C.b0 = b0;
+      const int nb = P.B - b0 < P.chunk ? P.B - b0 : P.chunk;
+      e = launch_tiled<T>(attn_dq_kernel<T>, C, false, nb, stream, err);
+      if (e == cudaSuccess) e = bias_reduce(C, nb, stream);
+    }
+  }
   if (e != cudaSuccess) return e;
-  return launch_tiled<T>(attn_dkdv_kernel<T>, P, true, stream, err);
+  return launch_tiled<T>(attn_dkdv_kernel<T>, P, true, P.B, stream, err);
 }
 
 }  // namespace
 
 int attn_bwd(const AttnCall& c, const char** err) {
   if ((*err = check_attn_call(c, true))) return cudaErrorInvalidValue;
-  const AttnParams P = make_params(c);
+  if (c.bias && (!c.dslot || c.chunk < 1)) {
+    *err = "attn_bwd: bias given without a dS slot scratch (dslot, chunk >= 1)";
+    return cudaErrorInvalidValue;
+  }
+  AttnParams P = make_params(c);
+  P.sg = slot_grid(P.g);
+  P.K = P.sg.rows * P.sg.cols;
+  P.dslot = c.bias ? reinterpret_cast<float*>(c.dslot) : nullptr;
+  P.chunk = static_cast<int>(c.chunk < c.B ? c.chunk : c.B);
+  P.b0 = 0;
   auto s = reinterpret_cast<cudaStream_t>(c.stream);
   if (c.dtype == 0) return launch_bwd<float>(P, s, err);
   if (c.dtype == 1) return launch_bwd<__half>(P, s, err);

@@ -27,10 +27,29 @@ struct AttnCall {
   uintptr_t lse = 0;              // float32 (B, h, N) contiguous
   uintptr_t delta = 0;            // float32 (B, h, N) scratch for the backward
   uintptr_t stream = 0;
+  // Backward with bias: float32 (chunk, h, N, K) scratch of per-slot dS (common/neighbours.h),
+  // reduced into dbias in a fixed order after each chunk of `chunk` batch elements.
+  uintptr_t dslot = 0;
+  int64_t chunk = 0;
 };
 // Argument problems come back as a message in `err` and cudaErrorInvalidValue.
 int attn_fwd(const AttnCall& c, const char** err);
 int attn_bwd(const AttnCall& c, const char** err);
+
+// One sparse-logit primitive (cuda/sparse_attn.cu; slot layout common/neighbours.h):
+// op 0 qk (x = a, y = b, out (B, h, N, K)), 1 av (x = p, y = v, out (B, h, N, d)),
+// 2 avt (x = p, y = x, out (B, h, N, d)). x and y are views with stride(-1) == 1 given by a data
+// pointer and (batch, head, token) element strides; out is contiguous. d <= kMaxSparseHeadDim.
+constexpr int kMaxSparseHeadDim = 256;
+struct SparseCall {
+  int op = 0, dtype = 0;
+  int geom[9] = {0};
+  int64_t B = 0, h = 0, N = 0, d = 0, K = 0;
+  uintptr_t x = 0, y = 0, out = 0;
+  int64_t xs[3] = {0}, ys[3] = {0};
+  uintptr_t stream = 0;
+};
+int sparse_attn(const SparseCall& c, const char** err);
 
 // Resampling ops on contiguous (B, N, C) tensors; H, W as in _library.py.
 int bicubic_upsample_seq(int dtype, const void* x, void* out, int64_t B, int64_t H, int64_t W,

@@ -7,6 +7,7 @@ import torch
 
 from .. import _ext
 from ._dispatch import register_kernel, register_limit
+from .neighbours import num_slots
 
 _C = _ext.cuda_module
 
@@ -26,6 +27,10 @@ def attention_limits(call):
     if bh > MAX_BATCH_HEADS:
         return f"batch * heads = {bh} is above the launch grid's limit {MAX_BATCH_HEADS}"
     return None
+
+# Upper bound on the backward's per-slot dS scratch (deterministic dbias, csrc/cuda/bias_grad.cu):
+# the batch is reduced in chunks of as many elements as fit, at least one.
+DBIAS_SCRATCH_BYTES = 256 << 20
 
 
 def _ptr(t):
@@ -54,6 +59,26 @@ def _view(t, name):
         raise ValueError(f"cuda attention: {name} must be a (B, h, N, d) view with stride(-1) == 1; "
                          f"got shape {tuple(t.shape)}, strides {t.stride()}")
     return [t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)]
+
+
+def _sparse(op: int, name: str, x, y, geom, out):
+    """One sparse-logit primitive (csrc/cuda/sparse_attn.cu): x, y `(B, h, N, *)` with a contiguous
+    last dim, out contiguous; the slot layout is `neighbours.py`'s, computed on the device."""
+    B, h, N, d = y.shape
+    K = num_slots(geom)
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"cuda {name}: head dim d={d} is above the supported {MAX_HEAD_DIM}")
+    if y.dtype not in DTYPE_CODE:
+        raise TypeError(f"cuda {name}: dtype {y.dtype} is not supported (float32, float16, bfloat16)")
+    for arg, t in (("first argument", x), ("second argument", y)):
+        if t.dim() != 4 or (t.stride(-1) != 1 and t.shape[-1] > 1):
+            raise ValueError(f"cuda {name}: {arg} must be a (B, h, N, *) view with stride(-1) == 1; "
+                             f"got shape {tuple(t.shape)}, strides {t.stride()}")
+    if not out.is_contiguous():
+        raise ValueError(f"cuda {name}: out must be contiguous; got strides {out.stride()}")
+    _C.sparse_attn(op, DTYPE_CODE[y.dtype], geom.as_list(), [B, h, N, d, K], x.data_ptr(),
+                   list(x.stride()[:3]), y.data_ptr(), list(y.stride()[:3]), out.data_ptr(),
+                   _stream(y))
 
 
 def _attn_dims(q):
@@ -90,8 +115,31 @@ if _C is not None:
         delta = torch.empty((B, h, N), dtype=torch.float32, device=q.device)  # rowsum(dO * O)
         views = (_view(q, "q") + _view(k, "k") + _view(v, "v") + _view(out, "out") +
                  _view(dout, "dout") + _view(dq, "dq") + _view(dk, "dk") + _view(dv, "dv"))
+        dslot, chunk = None, 0
+        if bias is not None:
+            K = num_slots(geom)
+            chunk = max(1, min(B, DBIAS_SCRATCH_BYTES // (h * N * K * 4)))
+            dslot = torch.empty((chunk, h, N, K), dtype=torch.float32, device=q.device)
         _C.attn_bwd(DTYPE_CODE[q.dtype], geom.as_list(), dims, float(scale), views, _ptr(bias),
-                    _ptr(dbias), _ptr(lse.contiguous()), _ptr(delta), _stream(q))
+                    _ptr(dbias), _ptr(lse.contiguous()), _ptr(delta), _stream(q), _ptr(dslot), chunk)
+
+    @register_kernel("cuda", "sparse_qk")
+    @_on_device
+    def sparse_qk(a, b, geom, out):
+        """out (B, h, N, K) = a_i . b_key(i,s) over the neighbour slots, 0 at empty slots."""
+        _sparse(0, "sparse_qk", a, b, geom, out)
+
+    @register_kernel("cuda", "sparse_av")
+    @_on_device
+    def sparse_av(p, v, geom, out):
+        """out (B, h, N, d) = sum over slots of p[i, s] v_key(i,s)."""
+        _sparse(1, "sparse_av", p, v, geom, out)
+
+    @register_kernel("cuda", "sparse_avt")
+    @_on_device
+    def sparse_avt(p, x, geom, out):
+        """out (B, h, N, d): row m = sum of p[i, s] x_i over the (i, s) whose key is m."""
+        _sparse(2, "sparse_avt", p, x, geom, out)
 
     @register_kernel("cuda", "pixel_shuffle_seq")
     @_on_device

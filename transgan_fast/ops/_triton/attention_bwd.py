@@ -6,7 +6,8 @@ Three kernels:
    (derived from the geometry: the whole window for GRID, radius r / width for CLIP / BAND, k - 1
    for NATTEN, since a query always lies in its own neighbourhood) and accumulates dK, dV.
 3. `dq_kernel`: one program per query tile over its key rectangle (as the forward); accumulates dQ
-   and adds dS into the float32 `dbias` table with `tl.atomic_add` (gathered rows, per head).
+   and, with a bias, stores dS into a per-slot scratch that `bias_grad` reduces into `dbias` in a
+   fixed order (deterministic, no atomics).
 Probabilities are recomputed from the saved `lse`; every accumulation is float32.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import triton
 import triton.language as tl
 
 from . import _geom as G
-from . import tuning
+from . import bias_grad, tuning
+from . import sparse as S
 
 
 @triton.jit
@@ -100,10 +102,10 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
 
 
 @triton.jit
-def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
+def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DSlot,
               sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn, sqgb, sqgh, sqgn,
               heads, d, scale, LYM, LXM, TX,
-              H, W, P0, P1, P2, P3, B1, B2, AP0, AP1, BH,
+              H, W, P0, P1, P2, P3, B1, B2, AP0, AP1, BH, SA, SB,
               KIND: tl.constexpr, AX0: tl.constexpr, AX1: tl.constexpr,
               HAS_BIAS: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -129,6 +131,9 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
 
     dq = tl.zeros((BLOCK_M, DP), tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
+    if HAS_BIAS:  # dS slot row of each query, and the query's part of the slot index
+        srow = DSlot + ((bt * heads + hd) * N + qtok) * (SA * SB) - \
+            S.slot_part(yi, xi, H, W, SA, SB, P0, P1, P2, P3, KIND, False)
     for start in range(0, total, BLOCK_N):
         yj, xj, ktok, kvalid = G.rect_points(start + offs_n, total, ka0, kb0, KB, c0, c1,
                                              H, W, P0, P1, P2, P3, KIND)
@@ -138,8 +143,9 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
                              H, W, P0, P1, P2, P3, B1, B2, KIND, HAS_BIAS, PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = tl.where(vis, p * (dp - dl[:, None]), 0.0)
-        if HAS_BIAS:
-            tl.atomic_add(DBias + row * heads + hd, ds, mask=vis)
+        if HAS_BIAS:  # pass 1 of the dbias reduction: each visible pair's slot, written once
+            kpart = S.slot_part(yj, xj, H, W, SA, SB, P0, P1, P2, P3, KIND, True)
+            tl.store(srow[:, None] + kpart[None, :], ds, mask=vis)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
 
     tl.store(DQ + G.slice_offset(bt, hd, sqgb, sqgh) + qtok[:, None] * sqgn + offs_d[None, :],
@@ -147,7 +153,7 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DBias,
 
 
 _dkdv = tuning.Launcher(dkdv_kernel)
-_dq = tuning.Launcher(dq_kernel, reset_to_zero=["DBias"])
+_dq = tuning.Launcher(dq_kernel)
 
 
 def _s3(t):
@@ -169,8 +175,6 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
     consts = dict(KIND=geom.kind, HAS_BIAS=has_bias, DP=dp, PREC=tuning.dot_precision(q.dtype))
     geo = (geom.H, geom.W, *geom.p, *geom.bias_hw)
     bias_arg = bias if has_bias else lse  # never read without bias
-    # Never written without bias either, but the autotuner zeroes it between trials: not `lse`.
-    dbias_arg = dbias if has_bias else torch.zeros(1, dtype=torch.float32, device=q.device)
     elt = q.element_size()
     strides = (*_s3(q), *_s3(k), *_s3(v), *_s3(dout))
     bh = G.next_pow2(B * h)  # autotune key: how many (batch, head) slices share the GPU
@@ -183,7 +187,17 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
 
     AX0, AX1 = G.kind_axes(geom.kind, backward=False)
     AP0, AP1 = G.axis_params(geom, backward=False)
-    grid_q = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, B)  # noqa: E731
-    _dq(grid_q, dp, elt, q, k, v, bias_arg, dout, lse, delta, dq, dbias_arg,
-        *strides, *_s3(dq), h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1, bh,
-        AX0=AX0, AX1=AX1, **consts)
+    sa, sb = S.slot_grid(geom)
+    # With a bias, the batch goes in chunks whose per-slot dS scratch fits the budget; each chunk
+    # is reduced into dbias before the next (bias_grad: deterministic, bounded memory).
+    chunk = bias_grad.batch_chunk(B, h, N, sa * sb) if has_bias else B
+    dslot = bias_grad.slot_scratch(chunk, h, geom, q.device) if has_bias else delta  # unused w/o bias
+    for b0 in range(0, B, chunk):
+        nb = min(chunk, B - b0)
+        part = (lambda t: t) if nb == B else (lambda t, b0=b0, nb=nb: t[b0:b0 + nb])
+        grid_q = lambda META, nb=nb: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, nb)  # noqa: E731
+        _dq(grid_q, dp, elt, part(q), part(k), part(v), bias_arg, part(dout), part(lse), part(delta),
+            part(dq), dslot, *strides, *_s3(dq), h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1,
+            bh, sa, sb, AX0=AX0, AX1=AX1, **consts)
+        if has_bias:
+            bias_grad.reduce_into(dslot, nb, geom, dbias)
