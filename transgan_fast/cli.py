@@ -184,6 +184,10 @@ def info(as_json):
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    cpu = table["cpu"]
+    if "openmp" in cpu:
+        click.echo(f"cpu kernels: {'OpenMP' if cpu['openmp'] else 'serial (built without OpenMP)'}, "
+                   f"{cpu['threads']} thread{'s' if cpu['threads'] != 1 else ''}, SIMD {cpu['simd']}")
 
 
 @main.command(context_settings=CTX)
