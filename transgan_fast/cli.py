@@ -13,11 +13,24 @@ import os
 import subprocess
 import sys
 
-import click
+try:
+    import click
+except ImportError as exc:  # a kernels-only install: the CLI's dependencies are an extra
+    sys.exit(f"transgan-fast: the command line needs click ({exc}); install it with "
+             f"pip install 'transgan_fast[cli]' (or 'transgan_fast[train]' to train)")
 
 __all__ = ["main"]
 
 CTX = dict(help_option_names=["-h", "--help"], show_default=True, max_content_width=110)
+
+
+def _require_train_extra() -> None:
+    """One clear line instead of an ImportError deep in the trainer when the extra is missing."""
+    import importlib.util
+    missing = [m for m in ("PIL", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"this command needs the 'train' extra (missing: "
+                                   f"{', '.join(missing)}): pip install 'transgan_fast[train]'")
 
 
 def _parse_seeds(text: str):
@@ -89,6 +102,7 @@ def main():
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **opts):
     """Train TransGAN (single process, or every rank under torchrun)."""
+    _require_train_extra()
     from .train.config import resolve_config
     from .train.runner import run_training
     try:
@@ -116,6 +130,7 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Device.")
 def generate(ckpt, seeds, out, files, raw, backend, device):
     """Sample images from a checkpoint (EMA generator)."""
+    _require_train_extra()
     import torch
     from .train import checkpoint as ck
     from .train.config import TrainConfig
@@ -158,6 +173,7 @@ def generate(ckpt, seeds, out, files, raw, backend, device):
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def demo(outdir, minutes, kimg, quick, seed, backend, progress):
     """Train a small TransGAN on built-in shapes; write sample grids, curves and a summary."""
+    _require_train_extra()
     from .train.demo import format_summary, run_demo
     summary = run_demo(outdir, minutes, kimg, quick, seed, backend, progress)
     with open(os.path.join(summary["run_dir"], "summary.json"), "w") as f:
