@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pybind11
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -26,6 +25,8 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def run(self):
+        import pybind11  # build-time only: an sdist needs no pybind11
+
         build_dir = Path(self.build_temp).resolve() / "cmake"
         out_dir = build_dir / "out"
         build_dir.mkdir(parents=True, exist_ok=True)

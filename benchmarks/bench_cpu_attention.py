@@ -6,22 +6,26 @@ against the float64 reference on the benchmark's own inputs before it is timed, 
 useful GFLOP/s (attended pairs only; forward+backward counts 3.5x the forward's
 4*B*heads*pairs*d, the usual flash-attention convention). A memory group runs local and grid attention on a 128x128
 map in subprocesses and records their peak extra RSS (Linux VmHWM after a reset) (O(N) for `cpu`, an N x N buffer for the
-dense reference). Run: `pytest benchmarks/bench_cpu_attention.py --benchmark-only`.
+dense reference). Run: `pytest benchmarks/bench_cpu_attention.py --benchmark-only`
+(`TGF_BENCH_QUICK=1`: small cases, SDPA as the only peer, memory on a 32x32 map).
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+import transgan_fast
 from transgan_fast.ops.attention import attention, attention_ref
 from transgan_fast.ops.geometry import grid_geometry, local_geometry
 
+from conftest import QUICK
 from _common_cpu import (check_parity, cpu_unavailable, flex_peer, flex_unavailable,
                          natten_unavailable, record, sdpa_peer, skip_if, useful_flops)
 
@@ -37,6 +41,13 @@ CASES = [
     ("grid16-128x128-d64-bias", grid_geometry((128, 128), (16, 16)), 1, 2, 64, True, ()),
     ("global-32x32-d16-bias", grid_geometry((32, 32), (32, 32)), 4, 4, 16, True, ("sdpa", "flex")),
 ]
+if QUICK:  # smoke run: every code path once, small maps; FlexAttention compiles for minutes
+    CASES = [
+        ("quick-local3x3-12x12-d8", local_geometry((12, 12), "window2d", (3, 3), "clip"), 1, 2, 8,
+         False, ("sdpa",)),
+        ("quick-grid4-10x10-d8-bias", grid_geometry((10, 10), (4, 4)), 1, 2, 8, True, ()),
+        ("quick-global-8x8-d8-bias", grid_geometry((8, 8), (8, 8)), 2, 2, 8, True, ("sdpa",)),
+    ]
 IMPLS = ("cpu", "ref", "sdpa", "flex", "natten")
 _ref_cache = {}
 
@@ -120,17 +131,24 @@ def _rounds(impl, geom):
 
 
 # ---------------------------------------------------------------------------------------------
-# Memory: peak extra RSS of one forward+backward at 128x128 tokens, in a fresh process.
+# Memory: peak extra RSS of one forward+backward at 128x128 tokens (quick: 32x32), in a fresh
+# process.
 
+MEM_SIDE = 32 if QUICK else 128
+
+# The child imports the package from sys.argv[1]: the directory this process imported
+# transgan_fast from (the installed package; the source tree only for an editable install), never
+# the checkout beside this file, which holds no compiled extension after `pip install .`.
 _MEM_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, sys.argv[1])
+    import transgan_fast
     from transgan_fast.ops.attention import attention
     from transgan_fast.ops.geometry import grid_geometry, local_geometry
-    kind, backend = sys.argv[2], sys.argv[3]
+    kind, backend, side = sys.argv[2], sys.argv[3], int(sys.argv[4])
     torch.set_num_threads(2)
-    geom = (local_geometry((128, 128), "window2d", (7, 7), "clip") if kind == "local"
-            else grid_geometry((128, 128), (16, 16)))
+    geom = (local_geometry((side, side), "window2d", (7, 7), "clip") if kind == "local"
+            else grid_geometry((side, side), (16, 16)))
     rb = torch.randn(geom.bias_rows, 1) if kind == "grid" else None
     q, k, v = (torch.randn(1, 1, geom.N, 16, requires_grad=True) for _ in range(3))
     small = grid_geometry((4, 4), (2, 2))   # warm every code path before the baseline
@@ -146,24 +164,27 @@ _MEM_SCRIPT = textwrap.dedent("""
     out = attention(q, k, v, geom, rb, backend=backend)
     out.sum().backward()
     peak = status("VmHWM:")
-    print(json.dumps({"extra_peak_mib": (peak - base) / 1024,
+    print(json.dumps({"extra_peak_mib": (peak - base) / 1024, "package": transgan_fast.__file__,
                       "qkv_mib": 3 * q.numel() * 4 / 2 ** 20}))
 """)
 
 
 @pytest.mark.parametrize("kind", ["local", "grid"])
 @pytest.mark.parametrize("backend", ["cpu", "ref"])
-def test_memory_128x128(benchmark, kind, backend):
+def test_memory(benchmark, kind, backend):
     skip_if(cpu_unavailable() if backend == "cpu" else None)
-    root = str(Path(__file__).resolve().parents[1])
+    package_parent = str(Path(transgan_fast.__file__).resolve().parents[1])
     res = {}
 
     def run():
-        p = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, root, kind, backend],
-                           capture_output=True, text=True, check=True)
+        # cwd outside any checkout: `python -c` puts the working directory first on sys.path.
+        p = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, package_parent, kind, backend,
+                            str(MEM_SIDE)], capture_output=True, text=True, cwd=tempfile.gettempdir())
+        assert p.returncode == 0, f"memory child failed:\n{p.stderr[-3000:]}"
         res.update(json.loads(p.stdout.strip().splitlines()[-1]))
 
-    benchmark.group = f"memory-{kind}-128x128"
+    benchmark.group = f"memory-{kind}-{MEM_SIDE}x{MEM_SIDE}"
     benchmark.pedantic(run, rounds=1, iterations=1)
-    n = 128 * 128
+    assert Path(res["package"]).resolve() == Path(transgan_fast.__file__).resolve(), res["package"]
+    n = MEM_SIDE * MEM_SIDE
     benchmark.extra_info.update(res, impl=backend, nxn_float32_mib=n * n * 4 / 2 ** 20)

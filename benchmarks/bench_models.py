@@ -8,7 +8,9 @@ Groups (pytest-benchmark `group`, implementations side by side):
 
 Each model is built once and switched between backends with `set_backend`, and each backend's
 output is checked against `ref` before it is timed. Rounds default to 1 (the models are large and
-the machine small); set `TGF_BENCH_MODEL_ROUNDS` for more.
+the machine small); set `TGF_BENCH_MODEL_ROUNDS` for more. `TGF_BENCH_QUICK=1` keeps the
+presets' layouts (attention kinds, upsampling) with one block per stage, a quarter (cifar10) or
+half (church256, and a 128x128 output) of the channels, and batch 2.
 
     python -m pytest benchmarks/bench_models.py --benchmark-only -q
 """
@@ -23,7 +25,12 @@ from transgan_fast.models import build
 from transgan_fast.nn import set_backend
 from transgan_fast.ops import _dispatch
 
+from conftest import QUICK
+
 ROUNDS = int(os.environ.get("TGF_BENCH_MODEL_ROUNDS", "1"))
+BATCH = 2 if QUICK else 8
+QUICK_CIFAR = dict(g_depths=(1, 1, 1), g_channels=(256, 64, 16)) if QUICK else {}
+QUICK_CHURCH = dict(g_depths=(1,) * 6, g_channels=(512, 512, 512, 128, 32, 8), bottom=4) if QUICK else {}
 BACKENDS = ["ref", "auto", "cpu", "cuda", "triton"]
 # Kernel-level ops the generators call.
 MODEL_OPS = ("attention_qkv", "pixel_shuffle_seq", "bicubic_upsample_seq", "pixel_norm")
@@ -91,20 +98,20 @@ def _time(benchmark, group, backend, model, fn, before_timing=None, **info):
 @pytest.fixture(scope="module")
 def cifar_g():
     torch.set_num_threads(int(os.environ.get("TGF_BENCH_THREADS", "2")))
-    G, _ = build("cifar10", backend="ref")
+    G, _ = build("cifar10", backend="ref", **QUICK_CIFAR)
     return G
 
 
 @pytest.fixture(scope="module")
 def church_g():
-    G, _ = build("church256", backend="ref")
+    G, _ = build("church256", backend="ref", **QUICK_CHURCH)
     return G.eval()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cifar10_generator_fwd_bwd_b8(benchmark, cifar_g, backend):
     _skip_unless_model_runs(backend)
-    z = torch.randn(8, cifar_g.latent_dim, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(BATCH, cifar_g.latent_dim, generator=torch.Generator().manual_seed(1))
 
     def step():
         cifar_g.zero_grad(set_to_none=True)
@@ -113,7 +120,8 @@ def test_cifar10_generator_fwd_bwd_b8(benchmark, cifar_g, backend):
         out.square().mean().backward()
         return out
 
-    _time(benchmark, "model-cifar10-G-fwdbwd-b8", backend, cifar_g, step, params=83_312_495)
+    _time(benchmark, f"model-cifar10-G-fwdbwd-b{BATCH}", backend, cifar_g, step,
+          params=sum(p.numel() for p in cifar_g.parameters()))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -132,7 +140,7 @@ def test_church256_generator_fwd_b1(benchmark, church_g, backend):
         mem["exact"] = _reset_peak_rss()
 
     _time(benchmark, "model-church256-G-fwd-b1", backend, church_g, fwd, before_timing=reset,
-          weights_mb=round(205_291_952 * 4 / 2 ** 20, 1))
+          weights_mb=round(sum(p.numel() for p in church_g.parameters()) * 4 / 2 ** 20, 1))
     peak = _rss_mb("VmHWM")
     benchmark.extra_info.update(peak_rss_mb=round(peak, 1), forward_rss_mb=round(peak - mem["base"], 1),
                                 peak_is_forward_only=mem["exact"] and ROUNDS == 1)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import transgan_fast as tf
-from conftest import check_parity, record, skip_unless
+from conftest import QUICK, check_parity, record, skip_unless
 
 # (B, H, W, C): CIFAR G stage 1->2 (8x8x1024) and 2->3 (16x16x256); a 64x64 map of 64 channels.
-SHAPES = [(32, 8, 8, 1024), (32, 16, 16, 256), (8, 64, 64, 64)]
+SHAPES = [(32, 8, 8, 1024), (32, 16, 16, 256), (8, 64, 64, 64)] if not QUICK else [(2, 8, 8, 64)]
 BACKENDS = ["ref", "cpu", "cuda", "triton"]
 
 
@@ -29,7 +29,7 @@ def test_pixel_shuffle_pos(benchmark, backend, B, H, W, C):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pixel_shuffle_pos_fwd_bwd(benchmark, backend):
-    B, H, W, C = 32, 16, 16, 256
+    B, H, W, C = (2, 8, 8, 64) if QUICK else (32, 16, 16, 256)
     skip_unless(backend, "cpu", "pixel_shuffle_seq")
     x = torch.randn(B, H * W, C, requires_grad=True)
     pos = torch.randn(1, 4 * H * W, C // 4, requires_grad=True)

@@ -4,6 +4,9 @@ Every benchmark (1) checks that the implementation matches the reference on the 
 inputs (docs/ops.md §4 tolerances), then (2) times it. Implementations of one case share a pytest-benchmark
 `group`, so `pytest benchmarks/ --benchmark-only` prints them side by side; `benchmarks/report.py`
 turns the saved JSON into a markdown table of speedups and a PNG chart.
+
+`TGF_BENCH_QUICK=1` runs every benchmark once on small shapes (parity checks included, timings
+meaningless): `.ci/run` uses it so the README's benchmark command cannot silently break.
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import pytest
 import torch
 
 from transgan_fast.ops import _dispatch
+
+# Smoke mode: small shapes, one round, no compiled peers (see the module docstring).
+QUICK = os.environ.get("TGF_BENCH_QUICK", "0") == "1"
 
 
 def unavailable(backend: str, device: str = "cpu", op: str = "attention",
@@ -49,7 +55,7 @@ def record(benchmark, group: str, fn: Callable[[], object], flops: Optional[floa
     threads = torch.get_num_threads()
     benchmark.extra_info["threads"] = threads
     fn()  # warm-up (compilation, allocator)
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(fn, rounds=1 if QUICK else rounds, iterations=1, warmup_rounds=1)
     if flops is not None:
         mean = benchmark.stats.stats.mean
         benchmark.extra_info["gflops"] = round(flops / mean / 1e9, 2)

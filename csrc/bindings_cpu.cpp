@@ -23,7 +23,16 @@ static tgf::Geom G(const std::vector<int>& g) {
 }
 
 PYBIND11_MODULE(_C_cpu, m) {
-  m.doc() = "transgan_fast CPU kernels (OpenMP); no libtorch dependency";
+  m.doc() = "transgan_fast CPU kernels (OpenMP when built with it); no libtorch dependency";
+
+  // How this module was built and what it runs with here (`transgan-fast info`).
+  m.def("build_info", [] {
+    py::dict d;
+    d["openmp"] = static_cast<bool>(TGF_OPENMP);
+    d["max_threads"] = omp_get_max_threads();
+    d["simd"] = tgf::simd_level();
+    return d;
+  });
 
   m.def("pixel_shuffle_seq_f32",
         [](uintptr_t x, uintptr_t pos, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C,

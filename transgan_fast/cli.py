@@ -16,7 +16,11 @@ import os
 import subprocess
 import sys
 
-import click
+try:
+    import click
+except ImportError as exc:  # a kernels-only install: the CLI's dependencies are an extra
+    sys.exit(f"transgan-fast: the command line needs click ({exc}); install it with "
+             f"pip install 'transgan_fast[cli]' (or 'transgan_fast[train]' to train)")
 
 __all__ = ["main"]
 
@@ -40,6 +44,15 @@ class _Main(click.Group):
                 raise
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             raise click.ClickException(f"{lines[0]} (--debug shows the traceback)") from exc
+
+
+def _require_train_extra() -> None:
+    """One clear line instead of an ImportError deep in the trainer when the extra is missing."""
+    import importlib.util
+    missing = [m for m in ("PIL", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"this command needs the 'train' extra (missing: "
+                                   f"{', '.join(missing)}): pip install 'transgan_fast[train]'")
 
 
 def _parse_seeds(text: str):
@@ -138,6 +151,7 @@ def main(debug):
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **opts):
     """Train TransGAN (single process, or every rank under torchrun)."""
+    _require_train_extra()
     from .train.config import resolve_config
     from .train.runner import run_training
     try:
@@ -172,6 +186,7 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
               callback=_device_option, help="Device.")
 def generate(ckpt, exported, seeds, out, files, raw, noise_mode, backend, device):
     """Sample images from a checkpoint (EMA generator) or an exported generator."""
+    _require_train_extra()
     import torch
     from .train.sample import generate_images, load_generator
     from .train.logging import save_grid
@@ -292,6 +307,7 @@ def export(ckpt, fmt, out, ema, batch, dynamic_batch, device, noise, verify):
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def demo(outdir, minutes, kimg, quick, seed, backend, progress):
     """Train a small TransGAN on built-in shapes; write sample grids, curves and a summary."""
+    _require_train_extra()
     from .train.demo import format_summary, run_demo
     summary = run_demo(outdir, minutes, kimg, quick, seed, backend, progress)
     with open(os.path.join(summary["run_dir"], "summary.json"), "w") as f:
@@ -318,6 +334,10 @@ def info(as_json):
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    cpu = table["cpu"]
+    if "openmp" in cpu:
+        click.echo(f"cpu kernels: {'OpenMP' if cpu['openmp'] else 'serial (built without OpenMP)'}, "
+                   f"{cpu['threads']} thread{'s' if cpu['threads'] != 1 else ''}, SIMD {cpu['simd']}")
 
 
 @main.command(context_settings=CTX)

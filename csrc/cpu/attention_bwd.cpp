@@ -8,7 +8,6 @@
 // fixed order: the result is deterministic for a given thread count. With at least as many
 // (batch, head) slices as threads, each thread owns whole slices (no reduction of dk/dv);
 // otherwise the tiles of one slice are split across threads and their buffers are reduced.
-#include <omp.h>
 #include <algorithm>
 #include "cpu/attention_tile.h"
 #include "cpu/kernels.h"

@@ -6,7 +6,6 @@
 // online) softmax over its candidates. The loop is tiles-outer, (batch, head)-inner so the tile's
 // index math and mask table are built once and reused by every slice. OpenMP over tiles; every
 // output row is written by exactly one thread.
-#include <omp.h>
 #include <algorithm>
 #include "cpu/attention_tile.h"
 #include "cpu/kernels.h"

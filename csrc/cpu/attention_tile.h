@@ -28,6 +28,7 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
 // each copy is compiled for that ISA.
 #define TGF_KERNEL_INLINE static inline __attribute__((always_inline))
 
+#if TGF_X86_MULTIVERSION
 // Compiles `body_fn` (a TGF_KERNEL_INLINE function) three times: AVX-512 (512-bit vectors),
 // AVX2+FMA, and baseline x86-64; `name` picks the best one for this CPU at run time. No
 // -march=native: the wheel runs on any x86-64.
@@ -45,6 +46,11 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
     else if (level == 3) name##_v3 ARGS;                                                   \
     else name##_v1 ARGS;                                                                   \
   }
+#else
+// Not x86-64 with GCC (cpu/platform.h): one copy, compiled for the build's target.
+#define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS) \
+  void name PARAMS { body_fn ARGS; }
+#endif
 
 inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
 

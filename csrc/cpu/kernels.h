@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include "common/geometry.h"
+#include "cpu/platform.h"
 
 namespace tgf {
 

@@ -3,7 +3,6 @@
 // Forward writes each output token's C/4 channels contiguously (the output is the big side);
 // the inner loop gathers input channels 4c + 2i + j with a fixed stride of 4, which the compiler
 // vectorizes, and fuses the position-embedding add.
-#include <omp.h>
 #include <cstdint>
 #include "common/shuffle.h"
 #include "cpu/kernels.h"

@@ -7,7 +7,6 @@
 // follow F.interpolate(scale_factor=2, mode='bicubic', align_corners=False): source coordinate
 // (o + 0.5) / 2 - 0.5, cubic convolution with A = -0.75, indices clamped at the border.
 // OpenMP over (batch, output row); the channel loop is contiguous and vectorizes.
-#include <omp.h>
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -77,7 +76,9 @@ std::vector<double> transpose(const std::vector<double>& m, int rows, int cols) 
 }
 
 // out[b, oy*Wo + ox, :] = sum_{(iy,wy) in ty[oy]} sum_{(ix,wx) in tx[ox]} wy wx x[b, iy*Wi + ix, :]
+#if TGF_X86_MULTIVERSION
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 void separable_apply(const float* x, float* out, int64_t B, int Hi, int Wi, int Ho, int Wo,
                      int64_t C, const Taps& ty, const Taps& tx, int threads) {
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)

@@ -238,6 +238,8 @@ def backends() -> Dict[str, Dict[str, object]]:
 
     Returns `{backend: {"built": bool, "usable": bool, "reason": str | None, "ops": [...]}}`;
     "usable" is judged for the backend's native device (CPU for `cpu`, CUDA for `cuda`/`triton`).
+    A built `cpu` backend adds `openmp` (False: serial kernels), `threads` (what its kernels use
+    now: `torch.get_num_threads()` with OpenMP, else 1) and `simd` (vector ISA in use).
     """
     _load_backend_modules()
     out = {}
@@ -258,6 +260,10 @@ def backends() -> Dict[str, Dict[str, object]]:
                 "ops": sorted(KERNELS[b])}
         if b == "cuda" and _ext.cuda_module is not None:
             info["archs"] = _ext.cuda_module.archs()
+        if b == "cpu" and _ext.cpu_module is not None:
+            build = _ext.cpu_module.build_info()
+            info.update(openmp=build["openmp"], simd=build["simd"],
+                        threads=torch.get_num_threads() if build["openmp"] else 1)
         out[b] = info
     return out
 

@@ -6,7 +6,7 @@ is one masked attention whose mask and relative-bias index are pure functions of
 `torch.library` boundary and reach the C++/CUDA/Triton kernels unchanged.
 
 The index math here is the Python twin of `csrc/common/geometry.h`; both must agree exactly, and
-`tests/test_geometry.py` checks them against each other through the compiled kernels.
+`tests/test_geometry_cpp.py` checks them against each other through the compiled kernels.
 
 Kinds (`AttnGeometry.kind`):
 
