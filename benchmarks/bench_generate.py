@@ -27,18 +27,22 @@ from transgan_fast.deploy import export_generator, load_exported
 from transgan_fast.models import build
 from transgan_fast.nn import set_backend
 
-from conftest import check_parity, record
+from conftest import QUICK, check_parity, record
 
-BATCHES = (1, 16)
+BATCHES = (1, 2) if QUICK else (1, 16)
 IMPLS = ("eager-ref", "eager-auto", "pt2", "onnxruntime", "compile")
-ROUNDS = int(os.environ.get("TGF_BENCH_GENERATE_ROUNDS", "5"))
+ROUNDS = 1 if QUICK else int(os.environ.get("TGF_BENCH_GENERATE_ROUNDS", "5"))
+# TGF_BENCH_QUICK=1: the cifar10 layout with one block per stage and a quarter of the channels;
+# the minutes-long compiles (pt2, torch.compile) are left to tests/test_export.py there.
+QUICK_CIFAR = dict(g_depths=(1, 1, 1), g_channels=(256, 64, 16)) if QUICK else {}
+QUICK_SKIPS = ("pt2", "compile") if QUICK else ()
 TOL = 1e-4  # docs/export.md
 
 
 @pytest.fixture(scope="module")
 def generator():
     torch.manual_seed(0)
-    G, _ = build("cifar10", backend="auto")
+    G, _ = build("cifar10", backend="auto", **QUICK_CIFAR)
     return G.eval()
 
 
@@ -88,6 +92,8 @@ def _impl(name: str, G, export_dir: str):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_generate_latency(benchmark, generator, export_dir, impl, batch):
+    if impl in QUICK_SKIPS:
+        pytest.skip(f"TGF_BENCH_QUICK=1: {impl} compiles for minutes; tests/test_export.py covers it")
     z = torch.randn(batch, generator.latent_dim, generator=torch.Generator().manual_seed(batch))
     ref_fn = _impl("eager-ref", generator, export_dir)
     fn = _impl(impl, generator, export_dir)

@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transgan_fast.ops.attention import attention, attention_ref
 from transgan_fast.ops.geometry import bias_index, grid_geometry, local_geometry, visibility
 
-from conftest import check_parity, skip_unless
+from conftest import QUICK, check_parity, skip_unless
 
 # (name, geometry constructor args, with rel_bias); B 2, 4 heads, d 32 throughout.
 CASES = {
@@ -37,6 +37,12 @@ CASES = {
     "grid16-128x128": (("grid", 128, 16), True),
     "global-16x16": (("grid", 16, 16), True),
 }
+if QUICK:  # TGF_BENCH_QUICK=1: one small case per kind (the code path, not a measurement)
+    CASES = {
+        "local7x7-16x16": (("local", 16, 7), False),
+        "grid8-32x32": (("grid", 32, 8), True),
+        "global-8x8": (("grid", 8, 8), True),
+    }
 B, HEADS, D = 2, 4, 32
 IMPLS = ("cpu", "ref", "sdpa")
 # Dense peers hold several (B, heads, N, N) float32 tensors in the double backward; above this many

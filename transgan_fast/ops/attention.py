@@ -35,6 +35,10 @@ def probs_times_values(p, v, vis):
     exactly the rows that see it: NaN, or +Inf / -Inf (both: NaN, as inf + -inf).
     """
     out = torch.matmul(p, v)
+    if v.device.type == "meta" or torch.compiler.is_exporting():
+        # Shapes only (meta), or an exported generator (docs/export.md): the dense product, whose
+        # NaN/Inf spread no deployed latent -> image graph needs to pay two extra matmuls for.
+        return out
     if not torch.compiler.is_compiling() and bool(torch.isfinite(v).all()):
         return out  # the common case: the dense product is exact
     finite = torch.isfinite(v)
