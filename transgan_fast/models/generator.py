@@ -6,7 +6,7 @@ embedding; tokens -> `(B, C, H, W)` -> 1x1 conv to RGB, no tanh.
 
 Class-conditional (`cfg.num_classes > 0`): a shared embedding `e = E[y]` (`class_dim`) is
 concatenated to z before the stem, and each stage `i` has a zero-initialised
-`Linear(class_dim, 2 C_i)` giving `(scale, shift)`, applied to both norms of all its blocks as
+`Linear(class_dim, 2 C_i)` giving `(scale, shift)` (stages with blocks only), applied to both norms of all its blocks as
 `Norm(x) * (1 + scale) + shift` (conditional LayerNorm / adaptive PixelNorm, as BigGAN's shared
 embedding drives conditional BatchNorm). At initialisation the modulation is the identity.
 """
@@ -75,8 +75,10 @@ class Generator(nn.Module):
                 for j in range(depth)))
         if cfg.num_classes:
             self.class_embed = nn.Embedding(cfg.num_classes, cfg.class_dim)   # N(0, 1) init
-            self.class_mod = nn.ModuleList(nn.Linear(cfg.class_dim, 2 * c) for c in C)
-            for m in self.class_mod:
+            # one per stage that has blocks (a stage without blocks has nothing to modulate)
+            self.class_mod = nn.ModuleDict({str(i): nn.Linear(cfg.class_dim, 2 * c)
+                                            for i, (c, d) in enumerate(zip(C, cfg.g_depths)) if d})
+            for m in self.class_mod.values():
                 nn.init.zeros_(m.weight)
                 nn.init.zeros_(m.bias)
         self.to_rgb = nn.Conv2d(C[-1], 3, 1)
@@ -123,8 +125,8 @@ class Generator(nn.Module):
                     x = bicubic_upsample_seq(x, hw, backend=self.backend) + self.pos[i]  # (B, 4N, C)
                 side *= 2
             mod = None
-            if emb is not None:
-                mod = self.class_mod[i](emb)[:, None].chunk(2, dim=2)        # 2 x (B, 1, C_i)
+            if emb is not None and blocks:
+                mod = self.class_mod[str(i)](emb)[:, None].chunk(2, dim=2)        # 2 x (B, 1, C_i)
             for blk in blocks:
                 x = blk(x, ctx, mod)
             if i in cfg.updown_after:
