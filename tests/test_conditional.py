@@ -208,3 +208,29 @@ def test_generate_class_options(tmp_path):
     # the grid has one row per class, a seed per column; --class 2 gives its row 2
     assert (g[16:24] == o).all()
     assert not (g[:8] == g[16:24]).all()
+
+
+class _RealShapesG(torch.nn.Module):
+    """A stand-in 'generator' returning a real shapes image of the requested class."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.cfg = type("Cfg", (), {"num_classes": 3})()
+        self.latent_dim, self.src = 4, source
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, y):
+        pools = [torch.nonzero(self.src.labels == k).flatten() for k in range(3)]
+        idx = [int(pools[k][i % len(pools[k])]) for i, k in enumerate(y.tolist())]
+        return self.src.get_many(idx).float() / 127.5 - 1 + self.w
+
+
+def test_shape_classifier_and_class_accuracy():
+    from transgan_fast.train.shape_classifier import class_accuracy, train_classifier
+    clf, acc = train_classifier(ShapesSource(1024, 16, seed=1), steps=100, batch=48)
+    assert acc > 0.5  # chance is 1/3; ~0.7 at 100 steps, ~0.98 at 300 (2048 images, batch 64)
+    real = class_accuracy(_RealShapesG(ShapesSource(256, 16, seed=2)), clf, n_per_class=32)
+    assert real["chance"] == pytest.approx(1 / 3) and real["acc"] > 0.5
+    assert real["acc"] == pytest.approx(sum(real[f"acc/{k}"] for k in range(3)) / 3)
+    with pytest.raises(ValueError, match="class-conditional"):
+        class_accuracy(build("cifar10", **TINY["cifar10"])[0], clf)
