@@ -135,6 +135,13 @@ def main(debug):
               help="Kernel backend for the models (see `info`).")
 @click.option("--model-json", default="{}", help="JSON dict of model config overrides, e.g. "
               "'{\"g_depths\": [1, 1, 1]}'.")
+@click.option("--cond", type=click.Choice(["none", "class"]), default="none",
+              help="'class': class-conditional training (class embedding into G's latent and a "
+              "per-stage conditional scale/shift of its norms; projection D) on the data's labels: "
+              "shapes (shape kind), CIFAR-10 batches, STL-10 train_X/train_y.bin, or a folder/zip "
+              "with one subfolder per class (sorted names).")
+@click.option("--num-classes", type=int, default=None, help="Number of classes with --cond class "
+              "[default: the data's].")
 @click.option("--seed", type=int, default=0, help="Seeds everything: model init, noise, data order, "
               "augmentation (same seed, same run on the same machine and thread count).")
 @click.option("--mirror/--no-mirror", default=True, help="Random horizontal flips of the reals.")
@@ -178,22 +185,27 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 @click.option("--out", default="samples.png", help="PNG grid path, or a directory with --files.")
 @click.option("--files", is_flag=True, help="Write one PNG per seed into --out instead of a grid [default: off].")
 @click.option("--raw", is_flag=True, help="Use the raw generator instead of the EMA one [default: off].")
+@click.option("--class", "class_", type=int, default=None, help="Class to generate with a "
+              "class-conditional checkpoint [default: a grid with one row per class, one column "
+              "per seed].")
 @click.option("--noise-mode", type=click.Choice(NOISE_MODES), default="const",
               help="Attention noise of models that have it: 'const' derives it from each image's "
               "seed (same seed, same image), 'random' draws fresh noise every call, 'none' turns it off.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               callback=_device_option, help="Device.")
-def generate(ckpt, exported, seeds, out, files, raw, noise_mode, backend, device):
+def generate(ckpt, exported, seeds, out, files, raw, class_, noise_mode, backend, device):
     """Sample images from a checkpoint (EMA generator) or an exported generator."""
     _require_train_extra()
     import torch
-    from .train.sample import generate_images, load_generator
+    from .train.sample import generate_images, load_generator, num_classes_of
     from .train.logging import save_grid
     from .train.checkpoint import list_checkpoints
     if (ckpt is None) == (exported is None):
         raise click.UsageError("give exactly one of --checkpoint and --exported")
     if exported is not None:
+        if class_ is not None:
+            raise click.BadParameter("exported generators are unconditional", param_hint="--class")
         _check_out(out, files)
         return _generate_exported(exported, seeds, out, files, device)
     if not os.path.exists(ckpt) or (os.path.isdir(ckpt) and not list_checkpoints(ckpt)):
@@ -204,15 +216,28 @@ def generate(ckpt, exported, seeds, out, files, raw, noise_mode, backend, device
     G, path, notes = load_generator(ckpt, backend, raw, dev)
     for line in notes:
         click.echo(line, err=True)
-    imgs = generate_images(G, seeds, noise_mode, dev)
+    k = num_classes_of(G)
+    if class_ is not None and not k:
+        raise click.BadParameter(f"{class_}: {path} holds an unconditional generator (trained "
+                                 f"without --cond class)", param_hint="--class")
+    if class_ is not None and not 0 <= class_ < k:
+        raise click.BadParameter(f"{class_} is out of range: the generator of {path} has {k} "
+                                 f"classes, 0-{k - 1}", param_hint="--class")
+    classes, names = None, [f"seed{s:05d}" for s in seeds]
+    if k:  # one class, or every class: rows are classes, columns seeds
+        kinds = [class_] if class_ is not None else list(range(k))
+        classes = [c for c in kinds for _ in seeds]
+        names = [f"seed{s:05d}-class{c}" for c in kinds for s in seeds]
+        seeds = [s for _ in kinds for s in seeds]
+    imgs = generate_images(G, seeds, noise_mode, dev, classes=classes)
     if files:
         os.makedirs(out, exist_ok=True)
-        for s, img in zip(seeds, imgs):
-            save_grid(img[None], os.path.join(out, f"seed{s:05d}.png"), nrow=1)
-        click.echo(f"wrote {len(seeds)} images from {path} to {out}/")
+        for name, img in zip(names, imgs):
+            save_grid(img[None], os.path.join(out, f"{name}.png"), nrow=1)
+        click.echo(f"wrote {len(names)} images from {path} to {out}/")
     else:
-        save_grid(imgs, out)
-        click.echo(f"wrote a grid of {len(seeds)} images from {path} to {out}")
+        save_grid(imgs, out, **({"nrow": len(seeds) // len(kinds)} if k else {}))
+        click.echo(f"wrote a grid of {len(names)} images from {path} to {out}")
 
 
 def _check_out(out: str, files: bool) -> None:

@@ -81,6 +81,10 @@ def load_generator(checkpoint: str, ema: bool = True, backend: str = "auto") -> 
     except RuntimeError as exc:
         raise ExportError(f"--checkpoint: {path!r}: {key} weights do not fit the model of its "
                           f"config ({str(exc).splitlines()[0]})")
+    from ..train.sample import num_classes_of
+    if num_classes_of(G):
+        raise ExportError(f"--checkpoint: {path!r} holds a class-conditional generator; export "
+                          f"handles latent -> image generators only (not yet G(z, y))")
     epoch = float(state.get("epoch", 0.0))
     G.set_progress(epoch)
     info = {"checkpoint": os.path.abspath(path), "preset": cfg.preset, "step": state.get("step"),

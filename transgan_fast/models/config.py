@@ -35,6 +35,12 @@ class TransGANConfig:
     `d_scales[i] = (channels, kernel, stride, padding)`; stage `i` runs blocks `d_stages[i]` (one
     attention kind per block) at the sum of the first `i + 1` scales' channels. `d_kind="vit"` (v1):
     plain ViT with patch `d_patch`, `d_dim` channels and `d_depth` blocks, cls + absolute position.
+
+    Class conditioning (`num_classes > 0`; 0 = unconditional, the papers' models unchanged): a
+    shared class embedding of `class_dim` channels is concatenated to the latent before the stem,
+    and drives a class-conditional scale/shift of every block's normalisation, one projection per
+    generator stage (BigGAN's shared embedding + conditional normalisation); the discriminator is
+    a projection discriminator (Miyato & Koyama, 2018).
     """
 
     name: str = "custom"
@@ -65,6 +71,9 @@ class TransGANConfig:
     d_patch: int = 4
     d_dim: int = 384
     d_depth: int = 7
+    # Class conditioning (0: unconditional).
+    num_classes: int = 0
+    class_dim: int = 128
 
     @property
     def img_size(self) -> int:
@@ -82,6 +91,10 @@ class TransGANConfig:
                                  f"'pixelshuffle'; got {u!r}")
         for a in self.g_attn:
             parse_attn(a)
+        if self.num_classes < 0 or self.num_classes == 1 or self.class_dim < 1:
+            raise ValueError(f"TransGANConfig: num_classes must be 0 (unconditional) or >= 2 and "
+                             f"class_dim >= 1; got num_classes={self.num_classes}, "
+                             f"class_dim={self.class_dim}")
         if self.d_kind not in ("multiscale", "vit"):
             raise ValueError(f"TransGANConfig: d_kind must be 'multiscale' or 'vit'; got {self.d_kind!r}")
         if self.d_kind == "multiscale" and len(self.d_scales) != len(self.d_stages):

@@ -3,8 +3,10 @@
 Multi-scale: each scale tokenises the raw image with a strided conv; stage 1 runs on the finest
 scale; between stages the map is 2x2 average pooled and the next scale's tokens are concatenated
 channel-wise, then that stage's position embedding is added. A cls token joins before the final
-block (no relative bias; attention noise
-as the other blocks), then norm, cls token, `Linear(C, 1)`.
+block (no relative bias; attention noise as the other blocks), then norm, cls token, `Linear(C, 1)`.
+
+Class-conditional (`cfg.num_classes > 0`): a projection discriminator (Miyato & Koyama, 2018),
+`D(x, y) = w·h + b + <E[y], h>` with `h` the normed cls feature and `E` a class embedding.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch.nn as nn
 from ..nn import PatchEmbed, TransformerBlock, make_norm, trunc_normal_
 from ..ops import avg_pool_seq
 from .config import TransGANConfig, parse_attn
+from .generator import check_labels
 
 __all__ = ["Discriminator"]
 
@@ -27,9 +30,10 @@ def _conv_out(size: int, k: int, s: int, p: int) -> int:
 class Discriminator(nn.Module):
     """The TransGAN discriminator for one `TransGANConfig`.
 
-    `forward(x, augment=None)`: images `(B, 3, S, S)` in [-1, 1] -> logits `(B, 1)`; `augment`
-    (e.g. DiffAugment) is applied to the input inside forward, so the WGAN-GP gradient taken w.r.t.
-    the un-augmented input flows through it.
+    `forward(x, augment=None, y=None)`: images `(B, 3, S, S)` in [-1, 1] -> logits `(B, 1)`;
+    `augment` (e.g. DiffAugment) is applied to the input inside forward, so the WGAN-GP gradient
+    taken w.r.t. the un-augmented input flows through it. `y (B,)`: class labels, required
+    exactly when `cfg.num_classes > 0` (projection term added to the logit).
     """
 
     def __init__(self, cfg: TransGANConfig, backend: str = "auto"):
@@ -77,8 +81,24 @@ class Discriminator(nn.Module):
                 trunc_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if cfg.num_classes:  # after the loop: models without classes keep their init draws
+            self.class_embed = nn.Embedding(cfg.num_classes, dim)
+            trunc_normal_(self.class_embed.weight)
 
-    def forward(self, x: torch.Tensor, augment: Optional[Callable] = None) -> torch.Tensor:
+    def _score(self, h: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+        """Logits `(B, 1)` from the final feature `h (B, C)`: the head, plus the projection
+        `<E[y], h>` of a class-conditional model."""
+        out = self.head(h)
+        if self.cfg.num_classes:
+            check_labels("Discriminator", y, h.shape[0], self.cfg.num_classes)
+            return out + (self.class_embed(y).to(h.dtype) * h).sum(1, keepdim=True)
+        if y is not None:
+            raise ValueError("Discriminator: y (class labels) given, but this discriminator is "
+                             "unconditional (num_classes=0)")
+        return out
+
+    def forward(self, x: torch.Tensor, augment: Optional[Callable] = None,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
         S = self.img_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, S, S):
             raise ValueError(f"Discriminator: x must be (B, 3, {S}, {S}); got {tuple(x.shape)}")
@@ -90,7 +110,7 @@ class Discriminator(nn.Module):
             t = torch.cat([cls, self.embeds[0](x)], dim=1) + self.pos[0]    # (B, 1 + N, C)
             for blk in self.stages[0]:
                 t = blk(t)
-            return self.head(self.norm(t[:, 0]))
+            return self._score(self.norm(t[:, 0]), y)
         t = None
         for i, (embed, blocks) in enumerate(zip(self.embeds, self.stages)):
             tok = embed(x)                                                  # (B, N_i, c_i)
@@ -102,4 +122,4 @@ class Discriminator(nn.Module):
             for blk in blocks:
                 t = blk(t)
         t = self.final(torch.cat([cls, t], dim=1))                          # (B, 1 + N, C)
-        return self.head(self.norm(t[:, 0]))
+        return self._score(self.norm(t[:, 0]), y)

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,8 @@ class TransformerBlock(nn.Module):
     With `context_dim`, a residual `CrossAttention` to the latent tokens runs first (no norm
     before it), and `forward` takes the context: `block(x, context)`.
     The `attn` keyword arguments go to `Attention` (hw, window, rel_bias, noise, locality).
+    `forward(x, context, mod)`: `mod = (scale, shift)`, each `(B, 1, C)`, modulates both norms'
+    outputs as `Norm(x) * (1 + scale) + shift` (class-conditional normalisation; None: off).
     """
 
     def __init__(self, dim: int, hw, norm: str = "ln", heads: int = 4,
@@ -68,13 +70,22 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_norm(norm, dim, backend)
         self.mlp = Mlp(dim)
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                mod: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         if self.cross is not None:
             if context is None:
                 raise ValueError("TransformerBlock: this block has cross-attention; pass context")
             x = x + self.cross(x, context)
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.attn(_modulate(self.norm1(x), mod))
+        return x + self.mlp(_modulate(self.norm2(x), mod))
+
+
+def _modulate(h: torch.Tensor, mod: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """`h * (1 + scale) + shift` for `mod = (scale, shift)`; `h` unchanged for None."""
+    if mod is None:
+        return h
+    scale, shift = mod
+    return h * (1 + scale) + shift
 
 
 class PatchEmbed(nn.Module):

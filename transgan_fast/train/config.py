@@ -12,7 +12,9 @@ from typing import Any, Dict, Optional
 from .augment import parse_policy
 from .losses import LOSSES
 
-__all__ = ["TrainConfig", "PRESET_TRAINING", "resolve_config"]
+__all__ = ["TrainConfig", "PRESET_TRAINING", "COND_KINDS", "resolve_config"]
+
+COND_KINDS = ("none", "class")
 
 # Released training settings (docs/transgan.md §4, VITA-Group/TransGAN exps/*_train.py); unnamed
 # presets take the cifar10 row. G batch is 2 x D batch in every row, so it is derived from `batch`
@@ -68,6 +70,8 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda
     backend: str = "auto"
     model: Dict[str, Any] = field(default_factory=dict)  # overrides for models.build
+    cond: str = "none"                    # none | class (class-conditional G and projection D)
+    num_classes: Optional[int] = None     # with cond=class: None = the data's number of classes
     seed: int = 0
     flip: bool = True
     shapes_n: int = 8192
@@ -117,5 +121,11 @@ def resolve_config(cfg: Optional[TrainConfig] = None, **overrides) -> TrainConfi
                          f"g_batch={c.g_batch} by accum_g={c.accum_g}")
     if c.kimg <= 0 or c.tick_kimg <= 0:
         raise ValueError(f"kimg and tick_kimg must be > 0; got {c.kimg}, {c.tick_kimg}")
+    if c.cond not in COND_KINDS:
+        raise ValueError(f"cond must be one of {COND_KINDS}; got {c.cond!r}")
+    if c.cond == "none" and (c.num_classes is not None or "num_classes" in c.model):
+        raise ValueError("num_classes is for class-conditional training; add --cond class")
+    if c.num_classes is not None and c.num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2; got {c.num_classes}")
     parse_policy(c.diffaug)
     return c

@@ -9,6 +9,12 @@ Sources (all yield uint8 `(3, R, R)` images at the training resolution):
   that only rebuilds numpy arrays, and STL-10 binaries (`*_X.bin`, 96×96, column-major).
 Nothing is ever downloaded.
 
+Class labels (for class-conditional training): every source has `labels` (int64 `(N,)`, or None
+when it has none) and `class_names`. Shapes: the shape kind (every shape of an image has the same
+kind); CIFAR-10: the batches' `labels`; STL-10: `train_y.bin` beside `train_X.bin` (read with
+`labeled=True`, which leaves out the unlabelled split); a folder or zip: one subfolder per class,
+classes in sorted name order (labels None when some image is not in a subfolder).
+
 Folder and zip images are decoded once when the source is built: unreadable or corrupt files
 are skipped, counted and listed in `source.skipped` (never a crash), and the decoded images are
 cached in memory when they fit in `cache_mb`. The sampler walks per-epoch permutations seeded by
@@ -33,6 +39,7 @@ import torch.nn.functional as F
 __all__ = ["ShapesSource", "ImageFileSource", "ArraySource", "load_cifar10", "load_stl10",
            "open_source", "InfiniteSampler", "BatchLoader"]
 
+SHAPE_CLASSES = ("circle", "square", "triangle")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -51,13 +58,15 @@ def _resize_crop_array(x: torch.Tensor, res: int) -> torch.Tensor:
 class ArraySource:
     """Images held in memory as uint8 `(N, 3, R, R)`."""
 
-    def __init__(self, images: torch.Tensor, name: str):
+    def __init__(self, images: torch.Tensor, name: str, labels: Optional[torch.Tensor] = None,
+                 class_names: Optional[List[str]] = None):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"ArraySource: images must be uint8 (N, 3, H, W); got "
                              f"{images.dtype} {tuple(images.shape)}")
         if images.shape[0] == 0:
             raise ValueError(f"ArraySource: no images in {name}")
         self.images, self.name, self.skipped = images, name, []
+        self.labels, self.class_names = _check_labels(name, labels, class_names, images.shape[0])
 
     def __len__(self):
         return self.images.shape[0]
@@ -66,10 +75,29 @@ class ArraySource:
         return self.images[torch.as_tensor(idx, dtype=torch.long)]
 
 
+def _check_labels(name: str, labels: Optional[torch.Tensor], class_names: Optional[List[str]],
+                  n: int):
+    """`(labels, class_names)` validated: int64 `(n,)` in `[0, len(class_names))`."""
+    if labels is None:
+        return None, []
+    labels = torch.as_tensor(labels)
+    if labels.shape != (n,) or labels.dtype not in (torch.int64, torch.int32, torch.uint8):
+        raise ValueError(f"{name}: labels must be integers of shape ({n},); got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+    labels = labels.long()
+    if class_names is None:
+        class_names = [str(k) for k in range(int(labels.max()) + 1)]
+    if int(labels.min()) < 0 or int(labels.max()) >= len(class_names):
+        raise ValueError(f"{name}: labels must be in [0, {len(class_names)}); got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels, list(class_names)
+
+
 class ShapesSource(ArraySource):
     """Coloured circles, squares and triangles on tinted backgrounds (1–2 shapes per image).
 
-    Deterministic in `seed`; `n` images at `resolution`.
+    Deterministic in `seed`; `n` images at `resolution`. Both shapes of an image are of one
+    kind, its label (`SHAPE_CLASSES`).
     """
 
     def __init__(self, n: int = 8192, resolution: int = 32, seed: int = 0):
@@ -85,6 +113,9 @@ class ShapesSource(ArraySource):
         for k in range(2):
             present = rng.random(n) < (1.0 if k == 0 else 0.5)
             kind = rng.integers(0, 3, n)
+            if k == 0:
+                labels = kind
+            kind = labels  # one kind per image: the label is unambiguous
             r = rng.uniform(0.15, 0.3, n) * R
             cy, cx = (rng.uniform(0.3, 0.7, (2, n)) * R)
             col = rng.uniform(0.4, 1.0, (n, 3)).astype(np.float32)
@@ -100,7 +131,8 @@ class ShapesSource(ArraySource):
             mask &= present[:, None, None]
             img = np.where(mask[:, None], col[:, :, None, None], img)
         data = torch.from_numpy((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
-        super().__init__(data, f"shapes{R}")
+        super().__init__(data, f"shapes{R}", torch.from_numpy(labels.astype(np.int64)),
+                         list(SHAPE_CLASSES))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -123,7 +155,7 @@ def load_cifar10(root: str, resolution: int = 32, split: str = "train") -> Array
     if not paths:
         raise FileNotFoundError(f"load_cifar10: no {names[0]}... files in {root!r} (expected the "
                                 f"'cifar-10-batches-py' folder; nothing is downloaded)")
-    arrays = []
+    arrays, labels = [], []
     for p in paths:
         with open(p, "rb") as f:
             d = _RestrictedUnpickler(f, encoding="bytes").load()
@@ -131,15 +163,36 @@ def load_cifar10(root: str, resolution: int = 32, split: str = "train") -> Array
         if data is None:
             raise ValueError(f"load_cifar10: {p!r} has no 'data' entry")
         arrays.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))  # (N, 3, 32, 32)
+        lab = d.get(b"labels", d.get("labels"))
+        labels.append(None if lab is None else np.asarray(lab, dtype=np.int64))
     x = torch.from_numpy(np.concatenate(arrays))
-    return ArraySource(_resize_crop_array(x, resolution), f"cifar10-{split}")
+    y = None if any(v is None for v in labels) else torch.from_numpy(np.concatenate(labels))
+    return ArraySource(_resize_crop_array(x, resolution), f"cifar10-{split}", y,
+                       _cifar_names(root) if y is not None else None)
 
 
-def load_stl10(path: str, resolution: int = 48) -> ArraySource:
-    """STL-10 images from a `*_X.bin` file (or a folder: `unlabeled_X.bin` + `train_X.bin`)."""
+def _cifar_names(root: str) -> Optional[List[str]]:
+    """CIFAR-10's class names from `batches.meta` (None without the file: names are "0".."9")."""
+    p = os.path.join(root, "batches.meta")
+    if not os.path.isfile(p):
+        return [str(k) for k in range(10)]
+    with open(p, "rb") as f:
+        d = _RestrictedUnpickler(f, encoding="bytes").load()
+    names = d.get(b"label_names", d.get("label_names")) if isinstance(d, dict) else None
+    if not names:
+        return [str(k) for k in range(10)]
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def load_stl10(path: str, resolution: int = 48, labeled: bool = False) -> ArraySource:
+    """STL-10 images from a `*_X.bin` file (or a folder: `unlabeled_X.bin` + `train_X.bin`).
+
+    `labeled=True`: only labelled images, with labels from the `*_y.bin` beside each `*_X.bin`
+    (values 1..10 -> classes 0..9; a folder gives `train_X.bin` / `train_y.bin`).
+    """
+    names = ("train_X.bin",) if labeled else ("unlabeled_X.bin", "train_X.bin")
     files = [path] if os.path.isfile(path) else [
-        os.path.join(path, n) for n in ("unlabeled_X.bin", "train_X.bin")
-        if os.path.isfile(os.path.join(path, n))]
+        os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
     if not files:
         raise FileNotFoundError(f"load_stl10: no *_X.bin files at {path!r} (nothing is downloaded)")
     arrays = []
@@ -150,7 +203,30 @@ def load_stl10(path: str, resolution: int = 48) -> ArraySource:
         # stored column-major per channel: (N, 3, W, H) -> (N, 3, H, W)
         arrays.append(raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2))
     x = torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
-    return ArraySource(_resize_crop_array(x, resolution), "stl10")
+    y = names_ = None
+    if labeled:
+        y = torch.from_numpy(np.concatenate([_stl10_labels(p, a.shape[0]) for p, a in
+                                             zip(files, arrays)]))
+        root = os.path.dirname(files[0])
+        cn = os.path.join(root, "class_names.txt")
+        names_ = [ln.strip() for ln in open(cn) if ln.strip()] if os.path.isfile(cn) else \
+            [str(k) for k in range(10)]
+    return ArraySource(_resize_crop_array(x, resolution), "stl10", y, names_)
+
+
+def _stl10_labels(x_path: str, n: int) -> np.ndarray:
+    """Labels 0..9 of the `n` images in `x_path` from its `*_y.bin` (stored as bytes 1..10)."""
+    if not x_path.endswith("_X.bin"):
+        raise ValueError(f"load_stl10: labeled=True needs a '*_X.bin' file; got {x_path!r}")
+    y_path = x_path[:-len("_X.bin")] + "_y.bin"
+    if not os.path.isfile(y_path):
+        raise FileNotFoundError(f"load_stl10: no labels for {x_path!r}: expected {y_path!r} "
+                                f"(the unlabeled split has none)")
+    y = np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1
+    if y.shape != (n,) or y.min() < 0 or y.max() > 9:
+        raise ValueError(f"load_stl10: {y_path!r} must hold {n} labels in 1..10; got {y.size} "
+                         f"values in [{y.min() + 1}, {y.max() + 1}]")
+    return y
 
 
 class ImageFileSource:
@@ -190,6 +266,13 @@ class ImageFileSource:
                              f"({len(self.skipped)} skipped)")
         fits = len(self.names) * 3 * resolution ** 2 <= cache_mb * 2 ** 20
         self.cache = torch.stack([img for img, _ in decoded if img is not None]) if fits else None
+        # One subfolder per class: the first path component, classes in sorted name order.
+        tops = [n.replace(os.sep, "/").split("/", 1) for n in self.names]
+        self.labels, self.class_names = None, []
+        if all(len(t) == 2 for t in tops):
+            self.class_names = sorted({t[0] for t in tops})
+            index = {c: k for k, c in enumerate(self.class_names)}
+            self.labels = torch.tensor([index[t[0]] for t in tops], dtype=torch.long)
 
     def _read(self, name: str) -> bytes:
         if self.is_zip:
@@ -234,11 +317,25 @@ class ImageFileSource:
         return torch.stack(out)
 
 
-def open_source(spec: str, resolution: int, seed: int = 0, shapes_n: int = 8192):
+def open_source(spec: str, resolution: int, seed: int = 0, shapes_n: int = 8192,
+                labeled: bool = False):
     """Build a source from a spec: "shapes", "cifar10:<dir>", "stl10:<file|dir>", a folder or a .zip.
 
     A folder holding `data_batch_1` is read as CIFAR-10; a `.bin` file as STL-10.
+    `labeled=True`: the source must have class labels (ValueError naming the spec otherwise).
     """
+    src = _open(spec, resolution, seed, shapes_n, labeled)
+    if labeled and getattr(src, "labels", None) is None:
+        raise ValueError(f"data {spec!r} has no class labels: use 'shapes', CIFAR-10 batches, "
+                         f"STL-10 with train_y.bin, or a folder/zip with one subfolder per class "
+                         f"holding every image")
+    if labeled and len(src.class_names) < 2:
+        raise ValueError(f"data {spec!r} has {len(src.class_names)} class; class-conditional "
+                         f"training needs at least 2")
+    return src
+
+
+def _open(spec: str, resolution: int, seed: int, shapes_n: int, labeled: bool):
     if spec == "shapes":
         return ShapesSource(shapes_n, resolution, seed)
     kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("cifar10", "stl10") \
@@ -248,7 +345,7 @@ def open_source(spec: str, resolution: int, seed: int = 0, shapes_n: int = 8192)
     if kind == "cifar10" or os.path.isfile(os.path.join(path, "data_batch_1")):
         return load_cifar10(path, resolution)
     if kind == "stl10" or path.endswith(".bin"):
-        return load_stl10(path, resolution)
+        return load_stl10(path, resolution, labeled)
     return ImageFileSource(path, resolution)
 
 
@@ -292,8 +389,10 @@ class BatchLoader:
         self.source, self.flip, self.rank, self.world = source, flip, rank, world_size
         self.sampler = InfiniteSampler(len(source), seed)
 
-    def next(self, global_batch: int, gen: Optional[torch.Generator], device) -> torch.Tensor:
-        """This rank's float `(global_batch / world, 3, R, R)` slice in [-1, 1] on `device`."""
+    def next(self, global_batch: int, gen: Optional[torch.Generator], device,
+             labels: bool = False):
+        """This rank's float `(global_batch / world, 3, R, R)` slice in [-1, 1] on `device`;
+        with `labels=True`, the pair `(images, int64 labels (B,))` (the source's labels)."""
         idx = self.sampler.take(global_batch)
         flips = torch.rand(global_batch, generator=gen, device=gen.device if gen else "cpu") < 0.5
         per = global_batch // self.world
@@ -303,6 +402,12 @@ class BatchLoader:
         if self.flip:
             f = flips[mine].to(device).view(-1, 1, 1, 1)
             x = torch.where(f, x.flip(3), x)
+        if labels:
+            y = getattr(self.source, "labels", None)
+            if y is None:
+                raise ValueError(f"BatchLoader: the data source {getattr(self.source, 'name', '')!r} "
+                                 f"has no class labels")
+            return x, y[torch.as_tensor(idx[mine], dtype=torch.long)].to(device)
         return x
 
     @property

@@ -11,6 +11,11 @@ noise of G and D (`nn.noise_source`) from one reseeded from (seed, rank, step) t
 step makes the streams independent of how a run was split by resumes, and of anything else that
 draws random numbers between steps (snapshot sampling uses generators of its own). The global
 RNG states of every rank are still saved and restored, for models that draw from them.
+
+Class-conditional runs (`cfg.cond == "class"`): the D step generates its fakes for the classes of
+the real batch (so real and fake class frequencies match and every penalty interpolate is scored
+with one class), and D is called with the labels in all its terms, the penalty included; the G
+step draws its classes uniformly from the shared generator, after its latents.
 """
 from __future__ import annotations
 
@@ -55,6 +60,27 @@ def pick_precision(precision: str, device: torch.device) -> Optional[torch.dtype
     return None
 
 
+def _generate(G: torch.nn.Module, z: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    """`G(z)`, or `G(z, y)` for class labels `y` (unconditional generators never see a `y`)."""
+    return G(z) if y is None else G(z, y)
+
+
+def _num_classes(cfg: TrainConfig, source) -> int:
+    """The number of classes of a `cond="class"` run (0 otherwise), checked against the data."""
+    if cfg.cond != "class":
+        return 0
+    if cfg.num_classes is None:
+        raise ValueError("cond='class' needs num_classes (run_training takes it from the data)")
+    labels = getattr(source, "labels", None)
+    if labels is None:
+        raise ValueError(f"cond='class': the data source {getattr(source, 'name', '')!r} has no "
+                         f"class labels")
+    if int(labels.max()) >= cfg.num_classes:
+        raise ValueError(f"num_classes={cfg.num_classes} is too small: the data has labels up "
+                         f"to {int(labels.max())}")
+    return int(cfg.num_classes)
+
+
 def _seed_of(*parts: int) -> int:
     h = 1469598103934665603
     for p in parts:  # FNV-style mix: distinct (seed, stream, step) give unrelated seeds
@@ -78,6 +104,7 @@ class Trainer:
         self.cfg, self.env = cfg, env or DistEnv()
         dev = self.env.device
         self.G, self.D = G.to(dev).train(), D.to(dev).train()
+        self.num_classes = _num_classes(cfg, source)
         broadcast_module(self.G, self.env)
         broadcast_module(self.D, self.env)
         self.batch_local = split_batch(cfg.batch, self.env.world_size, "batch")
@@ -118,6 +145,15 @@ class Trainer:
                         device=self.env.device)
         per = global_n // self.env.world_size
         return z[self.env.rank * per:(self.env.rank + 1) * per]
+
+    def _labels(self, global_n: int) -> Optional[torch.Tensor]:
+        """Uniform class labels for the whole global batch (this rank's slice); None if unconditional."""
+        if not self.num_classes:
+            return None
+        y = torch.randint(self.num_classes, (global_n,), generator=self.gen_shared,
+                          device=self.env.device)
+        per = global_n // self.env.world_size
+        return y[self.env.rank * per:(self.env.rank + 1) * per]
 
     def _set_progress(self):
         """Hand the training progress (epochs) to the generators' locality schedules, if any."""
@@ -162,20 +198,27 @@ class Trainer:
         stats: Dict[str, float] = {}
 
         # D step: real batch, fakes from fresh z, per-sample alpha for the penalty.
-        real = self.loader.next(cfg.batch, self.gen_shared, env.device)
+        y = None
+        if self.num_classes:
+            real, y = self.loader.next(cfg.batch, self.gen_shared, env.device, labels=True)
+        else:
+            real = self.loader.next(cfg.batch, self.gen_shared, env.device)
         z = self._latents(cfg.batch)
         alpha = torch.rand(cfg.batch, generator=self.gen_shared, device=env.device)
         per = cfg.batch // env.world_size
         alpha = alpha[env.rank * per:(env.rank + 1) * per]
         self.D.requires_grad_(True)
-        for r, zz, aa in zip(real.chunk(cfg.accum_d), z.chunk(cfg.accum_d), alpha.chunk(cfg.accum_d)):
+        ys = y.chunk(cfg.accum_d) if y is not None else [None] * cfg.accum_d
+        for r, zz, aa, yy in zip(real.chunk(cfg.accum_d), z.chunk(cfg.accum_d),
+                                 alpha.chunk(cfg.accum_d), ys):
             with torch.no_grad(), self.autocast():
-                fake = self.G(zz)
+                fake = _generate(self.G, zz, yy)
             with self.autocast():
                 loss, s = discriminator_loss(
                     cfg.loss, self.D, r, fake.float(), self.augment, aa, cfg.gp_weight, cfg.drift,
                     global_mean=lambda t: global_mean(t, env),
-                    grad_scale=self.scaler_d.get_scale() if self.scaler_d.is_enabled() else 1.0)
+                    grad_scale=self.scaler_d.get_scale() if self.scaler_d.is_enabled() else 1.0,
+                    labels=yy)
             self.scaler_d.scale(loss / cfg.accum_d).backward()
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / cfg.accum_d
@@ -185,11 +228,14 @@ class Trainer:
         if self.step_idx % cfg.n_critic == 0:
             self.D.requires_grad_(False)
             zg = self._latents(cfg.g_batch)
+            yg = self._labels(cfg.g_batch)
+            ygs = yg.chunk(cfg.accum_g) if yg is not None else [None] * cfg.accum_g
             sr_on = cfg.sr_weight > 0 and self.epoch < cfg.sr_until_epoch
             reals = real.chunk(cfg.accum_g)
-            for i, zz in enumerate(zg.chunk(cfg.accum_g)):
+            for i, (zz, yy) in enumerate(zip(zg.chunk(cfg.accum_g), ygs)):
                 with self.autocast():
-                    d_fake = self.D(self.G(zz), augment=self.augment)
+                    kw = {} if yy is None else {"y": yy}
+                    d_fake = self.D(_generate(self.G, zz, yy), augment=self.augment, **kw)
                     loss = generator_loss(cfg.loss, d_fake)
                     stats["G/loss"] = stats.get("G/loss", 0.0) + loss.item() / cfg.accum_g
                     if sr_on:
@@ -213,8 +259,12 @@ class Trainer:
         return F.mse_loss(self.G.reconstruct(real).float(), real)
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor, ema: bool = True, batch: int = 64) -> torch.Tensor:
+    def sample(self, z: torch.Tensor, ema: bool = True, batch: int = 64,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Images for latents `z` from the EMA (or raw) generator, clamped to [-1, 1], float32 CPU.
+
+        A class-conditional model generates class `labels[i]` for `z[i]`; by default the classes
+        cycle, `i % num_classes`.
 
         Attention noise comes from a generator of its own, seeded from `cfg.seed`: the same `z`
         gives the same images at every call, and the training streams are left untouched.
@@ -222,11 +272,15 @@ class Trainer:
         g = self.ema.module if ema else self.G
         gen = torch.Generator(device=self.env.device)
         gen.manual_seed(_seed_of(self.cfg.seed, _SAMPLE_STREAM))
+        if self.num_classes and labels is None:
+            labels = torch.arange(z.shape[0]) % self.num_classes
+        ys = labels.split(batch) if labels is not None else [None] * len(z.split(batch))
         out = []
         with noise_source(gen):
-            for zz in z.split(batch):
+            for zz, yy in zip(z.split(batch), ys):
                 with self.autocast():
-                    out.append(g(zz.to(self.env.device)).float().clamp(-1, 1).cpu())
+                    yy = None if yy is None else yy.to(self.env.device)
+                    out.append(_generate(g, zz.to(self.env.device), yy).float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
     # ---- state -----------------------------------------------------------------------------

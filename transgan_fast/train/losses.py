@@ -28,20 +28,27 @@ def _check(kind: str):
         raise ValueError(f"loss: kind must be one of {LOSSES}; got {kind!r}")
 
 
+def _labels(labels: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """D's keyword arguments for class labels: none for an unconditional D."""
+    return {} if labels is None else {"y": labels}
+
+
 def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor,
-                     augment=None, grad_scale: float = 1.0) -> torch.Tensor:
+                     augment=None, grad_scale: float = 1.0,
+                     labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`E[(‖∇_x̂ D(x̂)‖₂ − 1)²]` with `x̂ = α·real + (1−α)·fake`, α per sample `(B,)`.
 
     The gradient is taken w.r.t. the un-augmented interpolate with `create_graph=True` (the
     augmentation runs inside D). `grad_scale` multiplies D's output before differentiation and
-    divides the gradient after (fp16 loss scaling; 1 otherwise).
+    divides the gradient after (fp16 loss scaling; 1 otherwise). `labels (B,)`: the class of
+    each real/fake pair (a conditional D scores the interpolate with it).
     """
     if alpha.shape != (real.shape[0],):
         raise ValueError(f"gradient_penalty: alpha must have shape ({real.shape[0]},); "
                          f"got {tuple(alpha.shape)}")
     a = alpha.view(-1, 1, 1, 1).to(real.dtype)
     x_hat = (a * real + (1 - a) * fake).detach().requires_grad_(True)
-    out = _f32(D(x_hat, augment=augment))
+    out = _f32(D(x_hat, augment=augment, **_labels(labels)))
     (grad,) = torch.autograd.grad(out.sum() * grad_scale, x_hat, create_graph=True)
     grad = _f32(grad) / grad_scale
     norm = grad.flatten(1).norm(2, dim=1)  # (B,)
@@ -51,7 +58,8 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor, alpha:
 def discriminator_loss(kind: str, D: Callable, real: torch.Tensor, fake: torch.Tensor,
                        augment=None, alpha: Optional[torch.Tensor] = None, gp_weight: float = 10.0,
                        drift: float = 1e-3, global_mean: Callable = lambda t: t,
-                       grad_scale: float = 1.0) -> Tuple[torch.Tensor, Dict[str, float]]:
+                       grad_scale: float = 1.0, labels: Optional[torch.Tensor] = None
+                       ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The discriminator's loss on one (micro-)batch; returns `(loss, stats)`.
 
     Args:
@@ -60,10 +68,12 @@ def discriminator_loss(kind: str, D: Callable, real: torch.Tensor, fake: torch.T
         fake: generated images (detached by the caller or here).
         alpha: per-sample interpolation weights `(B,)` for the penalty (wgangp-eps only).
         global_mean: maps a detached scalar to its mean over all ranks (identity off DDP).
+        labels: class labels `(B,)` of a class-conditional D, shared by `real[i]` and `fake[i]`
+            (the fakes are generated for the reals' classes); None for an unconditional D.
     """
     _check(kind)
-    d_real = _f32(D(real, augment=augment)).flatten()
-    d_fake = _f32(D(fake.detach(), augment=augment)).flatten()
+    d_real = _f32(D(real, augment=augment, **_labels(labels))).flatten()
+    d_fake = _f32(D(fake.detach(), augment=augment, **_labels(labels))).flatten()
     stats = {"D/real": d_real.mean().item(), "D/fake": d_fake.mean().item()}
     if kind == "hinge":
         loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
@@ -75,7 +85,7 @@ def discriminator_loss(kind: str, D: Callable, real: torch.Tensor, fake: torch.T
         loss = d_fake.mean() - d_real.mean()
         stats["D/wdist"] = -loss.item()
         if gp_weight:
-            gp = gradient_penalty(D, real, fake.detach(), alpha, augment, grad_scale)
+            gp = gradient_penalty(D, real, fake.detach(), alpha, augment, grad_scale, labels)
             loss = loss + gp_weight * gp
             stats["D/gp"] = gp.item()
         if drift:

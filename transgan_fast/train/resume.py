@@ -31,9 +31,10 @@ RESUME_RECORD = "resume.json"
 
 
 def describe(cfg: TrainConfig) -> str:
-    """The run-directory suffix: preset, data name, batch."""
+    """The run-directory suffix: preset, data name, batch (and `-cond` for class-conditional)."""
     data = "shapes" if cfg.data == "shapes" else os.path.basename(os.path.normpath(cfg.data.split(":")[-1]))
-    return f"{cfg.preset}-{data}-b{cfg.batch}".replace(os.sep, "_")
+    cond = "-cond" if cfg.cond == "class" else ""
+    return f"{cfg.preset}-{data}-b{cfg.batch}{cond}".replace(os.sep, "_")
 
 
 @dataclass

@@ -6,6 +6,7 @@ sample grid and the metrics. Under torchrun every rank trains; rank 0 alone logs
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,7 +25,8 @@ from .loop import Trainer
 from .metrics import fid_is, swd
 from .resume import describe, find_resume, write_origin
 
-__all__ = ["run_training", "build_models", "check_resolution", "RunResult", "describe"]
+__all__ = ["run_training", "build_models", "with_data_classes", "check_resolution", "RunResult",
+           "describe"]
 
 ModelFactory = Callable[[TrainConfig], Tuple[torch.nn.Module, torch.nn.Module]]
 
@@ -44,7 +46,25 @@ def build_models(cfg: TrainConfig):
         over["locality"] = LocalitySchedule.cifar()
     if cfg.sr_weight > 0:
         over.setdefault("sr_head", True)
+    if cfg.cond == "class":
+        if cfg.num_classes is None:
+            raise ValueError("build_models: cond='class' needs num_classes (see with_data_classes)")
+        over["num_classes"] = cfg.num_classes
     return models.build(cfg.preset, backend=cfg.backend, **over)
+
+
+def with_data_classes(cfg: TrainConfig, source) -> TrainConfig:
+    """`cfg` with `num_classes` taken from the data's classes when `cond="class"` leaves it None
+    (the resolved value is what options.json, checkpoints and the resume check see)."""
+    if cfg.cond != "class":
+        return cfg
+    k = len(source.class_names)
+    if cfg.num_classes is None:
+        return dataclasses.replace(cfg, num_classes=k)
+    if cfg.num_classes < k:
+        raise ValueError(f"num_classes={cfg.num_classes} is smaller than the {k} classes of "
+                         f"data {cfg.data!r} ({', '.join(source.class_names[:12])})")
+    return cfg
 
 
 def check_resolution(cfg: TrainConfig, G: torch.nn.Module, D: torch.nn.Module) -> None:
@@ -95,10 +115,12 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
     env = init_from_env(cfg.device)
     split_batch(cfg.batch, env.world_size, "batch")
     split_batch(cfg.g_batch, env.world_size, "g_batch")
+    source = open_source(cfg.data, cfg.resolution, cfg.seed, cfg.shapes_n,
+                         labeled=cfg.cond == "class")
+    cfg = with_data_classes(cfg, source)
     ck.seed_rng(cfg.seed)  # model initialisation (and any global-RNG draw of a custom model)
     G, D = (model_factory or build_models)(cfg)
     check_resolution(cfg, G, D)
-    source = open_source(cfg.data, cfg.resolution, cfg.seed, cfg.shapes_n)
     plan, refusal = None, None
     if env.is_main:
         try:

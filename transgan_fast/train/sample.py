@@ -4,12 +4,13 @@ An image is a function of its seed alone: the latent is drawn from a generator s
 seed, and so is the attention noise of models that have it (`noise_mode="const"`), image by
 image, so that `--seeds 5` and `--seeds 0-63` give the same picture for seed 5. `"random"` draws
 fresh noise at every call (StyleGAN's `noise_mode` has the same three choices); `"none"` leaves
-it out.
+it out. A class-conditional generator takes one class per image (`classes`, aligned with the
+seeds); the latent of a seed is the same whatever the class.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -17,7 +18,7 @@ from ..nn.attention import noise_source
 from . import checkpoint as ck
 from .config import TrainConfig
 
-__all__ = ["load_generator", "generate_images", "NOISE_MODES"]
+__all__ = ["load_generator", "generate_images", "num_classes_of", "NOISE_MODES"]
 
 NOISE_MODES = ("const", "random", "none")
 _NOISE_SALT = 0x5EED_0F_A77E  # noise and latent of one seed come from different streams
@@ -57,16 +58,36 @@ def load_generator(ckpt: str, backend: str = "auto", raw: bool = False,
     return G, path, notes
 
 
+def num_classes_of(G: torch.nn.Module) -> int:
+    """The number of classes of a class-conditional generator (0: unconditional)."""
+    return int(getattr(getattr(G, "cfg", None), "num_classes", 0) or 0)
+
+
 def _has_noise(G: torch.nn.Module) -> bool:
     return any(getattr(m, "noise_strength", None) is not None for m in G.modules())
 
 
 @torch.no_grad()
 def generate_images(G: torch.nn.Module, seeds: Sequence[int], noise_mode: str = "const",
-                    device: torch.device = torch.device("cpu"), batch: int = 32) -> torch.Tensor:
-    """`(len(seeds), 3, S, S)` float images in [-1, 1] on the CPU, one per seed (see module doc)."""
+                    device: torch.device = torch.device("cpu"), batch: int = 32,
+                    classes: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """`(len(seeds), 3, S, S)` float images in [-1, 1] on the CPU, one per seed (see module doc).
+
+    `classes`: one class per seed, required exactly for a class-conditional generator.
+    """
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"generate_images: noise_mode must be one of {NOISE_MODES}; got {noise_mode!r}")
+    k = num_classes_of(G)
+    if (classes is None) != (k == 0):
+        raise ValueError(f"generate_images: classes must be given exactly for a class-conditional "
+                         f"generator; this one has {k} classes and classes is "
+                         f"{'None' if classes is None else 'given'}")
+    y = None
+    if classes is not None:
+        if len(classes) != len(seeds) or any(not 0 <= c < k for c in classes):
+            raise ValueError(f"generate_images: need one class in [0, {k}) per seed "
+                             f"({len(seeds)} seeds); got {list(classes)[:8]}...")
+        y = torch.as_tensor(list(classes), dtype=torch.long)
     z = torch.stack([torch.randn(G.latent_dim, generator=torch.Generator().manual_seed(s))
                      for s in seeds])                                        # (n, latent_dim)
     gen = torch.Generator(device=device)
@@ -76,10 +97,16 @@ def generate_images(G: torch.nn.Module, seeds: Sequence[int], noise_mode: str = 
     out = []
     with noise_source(gen, enabled=noise_mode != "none"):
         if per_image:
-            for s, zz in zip(seeds, z):
+            for i, (s, zz) in enumerate(zip(seeds, z)):
                 gen.manual_seed(s ^ _NOISE_SALT)
-                out.append(G(zz[None].to(device)).float().clamp(-1, 1).cpu())
+                out.append(_run(G, zz[None], None if y is None else y[i:i + 1], device))
         else:
-            for zz in z.split(batch):
-                out.append(G(zz.to(device)).float().clamp(-1, 1).cpu())
+            ys = y.split(batch) if y is not None else [None] * len(z.split(batch))
+            for zz, yy in zip(z.split(batch), ys):
+                out.append(_run(G, zz, yy, device))
     return torch.cat(out)
+
+
+def _run(G: torch.nn.Module, z: torch.Tensor, y: Optional[torch.Tensor], device) -> torch.Tensor:
+    img = G(z.to(device)) if y is None else G(z.to(device), y.to(device))
+    return img.float().clamp(-1, 1).cpu()
