@@ -32,6 +32,16 @@ def fresh_seed(request):
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the test machine is shared, and OpenMP oversubscription stalls the
+    trainer and CLI tests (modules opt in with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 requires_cpu_ext = pytest.mark.skipif(
     _ext.cpu_module is None, reason=f"C++ CPU extension not built: {_ext.cpu_error}")
 requires_cuda_device = pytest.mark.skipif(

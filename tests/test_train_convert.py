@@ -19,12 +19,7 @@ TINY = dict(latent_dim=16, bottom=8, g_channels=[64, 16, 4], g_depths=[1, 1, 1],
             d_scales=[[24, 2, 2, 0], [8, 4, 4, 0]], d_stages=[["global"], ["global"]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _tuples(v):

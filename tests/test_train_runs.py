@@ -19,12 +19,8 @@ TINY = dict(latent_dim=8, bottom=4, g_channels=[16, 16], g_depths=[1, 1], g_upsa
 STEP_KIMG = 0.004  # batch 4: one step per tick
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical runs need the same thread count (see docs)
-    yield
-    torch.set_num_threads(n)
+# Bit-identical runs need the same thread count (README): one thread, from conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(steps, **kw):

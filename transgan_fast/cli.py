@@ -77,6 +77,17 @@ def _parse_seeds(text: str):
     return out
 
 
+def _json_object(text: str) -> dict:
+    """--model-json: a JSON object of model config overrides."""
+    try:
+        model = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--model-json")
+    if not isinstance(model, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--model-json")
+    return model
+
+
 def _seeds_option(ctx, param, value):
     try:
         return _parse_seeds(value)
@@ -161,12 +172,7 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
     _require_train_extra()
     from .train.config import resolve_config
     from .train.runner import run_training
-    try:
-        model = json.loads(model_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--model-json")
-    if not isinstance(model, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--model-json")
+    model = _json_object(model_json)
     try:
         cfg = resolve_config(model=model, flip=mirror, **opts)
     except ValueError as exc:
@@ -418,12 +424,7 @@ def bench(keyword, path):
 def convert(official, preset, out_dir, images_seen, model_json):
     """Convert a released TransGAN checkpoint for `generate` and `train --resume`."""
     from .train.convert import convert_official
-    try:
-        model = json.loads(model_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--model-json")
-    if not isinstance(model, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--model-json")
+    model = _json_object(model_json)
     try:
         path = convert_official(official, preset, out_dir, images_seen, model)
     except (ValueError, FileNotFoundError) as exc:
