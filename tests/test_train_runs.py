@@ -148,6 +148,8 @@ KILLED_RUN = """
 import sys, torch
 sys.path[:0] = [{here!r}]
 torch.set_num_threads(1)
+import transgan_fast  # the same package (and compiled extension) as the test process
+assert transgan_fast.__file__ == {pkg!r}, (transgan_fast.__file__, {pkg!r})
 from test_train_runs import run
 run({outdir!r}, 1000)
 """
@@ -159,7 +161,11 @@ def test_kill_at_any_moment_then_resume_auto_is_bit_exact(tmp_path):
     import sys
     import time
     here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN.format(here=here, outdir=str(tmp_path))])
+    import transgan_fast
+    # Not from the checkout's root: there `import transgan_fast` would find the source tree, which
+    # has no compiled extension after a plain `pip install .`, and the run would use other kernels.
+    code = KILLED_RUN.format(here=here, outdir=str(tmp_path), pkg=transgan_fast.__file__)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(tmp_path.parent))
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
