@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import transgan_fast
 from transgan_fast.ops.attention import attention, attention_ref
 from transgan_fast.ops.geometry import bias_index, grid_geometry, local_geometry, visibility
 
@@ -130,8 +132,8 @@ def test_penalty(benchmark, case, impl):
 
 _MEM_SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    sys.path.insert(0, sys.argv[1])
-    sys.path.insert(0, sys.argv[1] + "/benchmarks")
+    sys.path[:0] = [sys.argv[1], sys.argv[4]]  # the parent's package directory, then benchmarks/
+    import transgan_fast
     import bench_second_order as bs
     case, impl = sys.argv[2], sys.argv[3]
     torch.set_num_threads(2)
@@ -149,7 +151,8 @@ _MEM_SCRIPT = textwrap.dedent("""
         f.write("5")
     base = status("VmRSS:")
     bs.penalty_step(fn, q, k, v, w, rb)
-    print(json.dumps({"extra_peak_mib": (status("VmHWM:") - base) / 1024}))
+    print(json.dumps({"extra_peak_mib": (status("VmHWM:") - base) / 1024,
+                      "package": transgan_fast.__file__}))
 """)
 
 
@@ -159,14 +162,20 @@ def test_penalty_memory(benchmark, case, impl):
     spec, _ = CASES[case]
     geom = make_geom(spec)
     _unavailable(impl, geom)
-    root = str(Path(__file__).resolve().parents[1])
+    # The child imports transgan_fast from where this process did (the installed package), never
+    # the checkout beside this file, which has no compiled extension after `pip install .`; its
+    # cwd is outside any checkout, since `python -c` puts the working directory first on sys.path.
+    package_parent = str(Path(transgan_fast.__file__).resolve().parents[1])
+    bench_dir = str(Path(__file__).resolve().parent)
     res = {}
 
     def run():
-        p = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, root, case, impl],
-                           capture_output=True, text=True, check=True)
+        p = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, package_parent, case, impl, bench_dir],
+                           capture_output=True, text=True, cwd=tempfile.gettempdir())
+        assert p.returncode == 0, f"memory child failed:\n{p.stderr[-3000:]}"
         res.update(json.loads(p.stdout.strip().splitlines()[-1]))
 
     benchmark.group = f"memory-penalty-{case}"
     benchmark.pedantic(run, rounds=1, iterations=1)
+    assert Path(res.pop("package")).resolve() == Path(transgan_fast.__file__).resolve()
     benchmark.extra_info.update(res, impl=impl, N=geom.N)
