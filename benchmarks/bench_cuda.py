@@ -89,7 +89,7 @@ def _natten(geom):
         from natten.functional import na2d
     except ImportError as exc:
         pytest.skip(f"natten: not installed ({exc})")
-    k1, k2, d1, d2 = geom.p
+    (k1, k2), (d1, d2) = geom.nbhd_kernel, geom.nbhd_dilation
     H, W = geom.H, geom.W
 
     def f(q, k, v, b):

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include "common/geometry.h"
 #include "common/neighbours.h"
-#include "common/tiles_cuda.h"
+#include "common/tiles.h"
 #include "cpu/kernels.h"
 
 namespace py = pybind11;
@@ -19,7 +19,7 @@ static tgf::View V(const std::vector<int64_t>& t) {
 }
 
 static tgf::Geom G(const std::vector<int>& g) {
-  return tgf::Geom{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+  return tgf::geom_from_list(g.data());
 }
 
 PYBIND11_MODULE(_C_cpu, m) {
@@ -121,30 +121,52 @@ PYBIND11_MODULE(_C_cpu, m) {
   // Index math exposed for tests (the same header the CUDA kernels compile): for every
   // (query, key) pair, the bias row if the key is visible, else -1; row-major N x N.
   m.def("geom_table", [](std::vector<int> g) {
-    tgf::Geom G{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
-    const int N = G.H * G.W;
+    const tgf::Geom G_ = G(g);
+    const int N = G_.H * G_.W;
     std::vector<int> t(static_cast<size_t>(N) * N);
     for (int i = 0; i < N; ++i)
       for (int j = 0; j < N; ++j)
-        t[static_cast<size_t>(i) * N + j] = tgf::visible(G, i, j) ? tgf::bias_row(G, i, j) : -1;
+        t[static_cast<size_t>(i) * N + j] = tgf::visible(G_, i, j) ? tgf::bias_row(G_, i, j) : -1;
     return t;
   });
 
-  // Tile index math of the CUDA attention kernels (common/tiles_cuda.h), exposed for CPU tests.
-  // Rectangles are (y0, x0, rows, cols) on the tiling map (1 x N for band1d, else H x W).
-  auto G = [](const std::vector<int>& g) {
-    return tgf::Geom{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
-  };
-  auto tup = [](const tgf::Tile& t) { return py::make_tuple(t.y0, t.x0, t.nr, t.nc); };
-  m.def("key_rect", [G, tup](std::vector<int> g, int y0, int x0, int nr, int nc) {
-    return tup(tgf::key_rect(G(g), tgf::Tile{y0, x0, nr, nc}));
+  // The tilings of common/tiles.h, exposed for CPU tests. Rect tiling (CUDA): rectangles are
+  // (y0, x0, rows, cols) on the plane (1 x N for band1d, else H x W).
+  auto tup = [](const tgf::Rect& r) { return py::make_tuple(r.y0, r.x0, r.rows, r.cols); };
+  m.def("candidate_keys", [tup](std::vector<int> g, int y0, int x0, int rows, int cols) {
+    return tup(tgf::candidate_keys(G(g), tgf::Rect{y0, x0, rows, cols}));
   });
-  m.def("query_rect", [G, tup](std::vector<int> g, int y0, int x0, int nr, int nc) {
-    return tup(tgf::query_rect(G(g), tgf::Tile{y0, x0, nr, nc}));
+  m.def("candidate_queries", [tup](std::vector<int> g, int y0, int x0, int rows, int cols) {
+    return tup(tgf::candidate_queries(G(g), tgf::Rect{y0, x0, rows, cols}));
   });
-  m.def("block_tiles", [G, tup](std::vector<int> g, int t) {
+  m.def("rect_tiles", [tup](std::vector<int> g, int t) {
     py::list out;
-    for (int i = 0; i < tgf::block_tile_count(G(g), t); ++i) out.append(tup(tgf::block_tile(G(g), t, i)));
+    for (int i = 0; i < tgf::rect_tile_count(G(g), t); ++i) out.append(tup(tgf::rect_tile(G(g), t, i)));
+    return out;
+  });
+  // List tiling (CPU kernels): [(queries, candidate keys, pair table)] of every tile for tile
+  // size TQ, in tile order (empty tiles of partial GRID windows give empty lists); the pair table
+  // (row-major queries x candidates) holds meta_bias_row where meta_visible, else -1.
+  m.def("list_tiles", [](std::vector<int> g, int TQ) {
+    const tgf::Geom G_ = G(g);
+    const int maxk = tgf::tile_max_candidates(G_, TQ);
+    std::vector<int> q(TQ), k(maxk);
+    py::list out;
+    for (int t = 0; t < tgf::tile_count(G_, TQ); ++t) {
+      const int nq = tgf::tile_queries(G_, TQ, t, q.data());
+      const int nk = nq ? tgf::tile_candidates(G_, TQ, t, q.data(), nq, k.data()) : 0;
+      std::vector<int> pairs(static_cast<size_t>(nq) * nk);
+      for (int i = 0; i < nq; ++i) {
+        const tgf::QueryMeta qm = tgf::query_meta(G_, q[i]);
+        for (int j = 0; j < nk; ++j) {
+          const tgf::KeyMeta km = tgf::key_meta(G_, k[j]);
+          pairs[static_cast<size_t>(i) * nk + j] =
+              tgf::meta_visible(qm, km.cls, km.ay, km.ax) ? tgf::meta_bias_row(G_, qm.by, qm.bx, km.by, km.bx) : -1;
+        }
+      }
+      out.append(py::make_tuple(std::vector<int>(q.begin(), q.begin() + nq),
+                                std::vector<int>(k.begin(), k.begin() + nk), pairs));
+    }
     return out;
   });
 }

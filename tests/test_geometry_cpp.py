@@ -1,7 +1,7 @@
-"""The C++ index math (csrc/common/geometry.h, csrc/common/tiles_cuda.h) against the Python
-definition of every geometry. The CUDA kernels compile the same headers, so these CPU tests cover
-the arithmetic they run: visibility, relative-bias rows, key/query rectangles of tiles and the
-block tiling of the map."""
+"""The C++ index math (csrc/common/geometry.h, csrc/common/tiles.h) against the Python definition
+of every geometry. The CPU and CUDA kernels compile the same headers, so these CPU tests cover the
+arithmetic both run: visibility, relative-bias rows, the rect tiling of the plane and its candidate
+rectangles (CUDA), and the list tiling with its candidates and per-pair table (CPU)."""
 from __future__ import annotations
 
 import random
@@ -70,7 +70,7 @@ def test_geom_table_swin_shift_and_clip_tables():
         assert torch.equal(got, _table(geom)), geom
 
 
-def _tiling_shape(geom):
+def _plane_shape(geom):
     return (1, geom.N) if geom.kind == BAND else (geom.H, geom.W)
 
 
@@ -86,24 +86,25 @@ def _bbox(tokens, Wq):
 
 
 @pytest.mark.parametrize("t", [64, 32, 16])
-def test_block_tiles_partition_the_map(t):
+def test_rect_tiles_partition_the_plane(t):
     rng = random.Random(t)
     for geom in _random_geometries(rng, 15):
-        Hq, Wq = _tiling_shape(geom)
+        Hq, Wq = _plane_shape(geom)
         seen = []
-        for rect in _ext.cpu_module.block_tiles(geom.as_list(), t):
+        for rect in _ext.cpu_module.rect_tiles(geom.as_list(), t):
             y0, x0, nr, nc = rect
             assert 1 <= nr * nc <= t and y0 + nr <= Hq and x0 + nc <= Wq, (geom, rect)
             seen.extend(_rect_tokens(rect, Wq))
         assert sorted(seen) == list(range(geom.N)), f"{geom}: tiles do not cover each token once"
 
 
-def test_key_and_query_rects_bound_visibility_tightly():
-    """key_rect(tile) contains every key some query of the tile sees, and for a single query it is
-    exactly the bounding box of its visible keys; query_rect is the same for the transpose."""
+def test_candidate_rects_bound_visibility_tightly():
+    """candidate_keys(tile) contains every key some query of the tile sees, and for a single query
+    it is exactly the bounding box of its visible keys; candidate_queries is the same for the
+    transpose."""
     rng = random.Random(99)
     for geom in _random_geometries(rng, 25):
-        Hq, Wq = _tiling_shape(geom)
+        Hq, Wq = _plane_shape(geom)
         vis = visibility(geom)
         g = geom.as_list()
         for _ in range(6):
@@ -111,14 +112,41 @@ def test_key_and_query_rects_bound_visibility_tightly():
             nr, nc = rng.randint(1, Hq - y0), rng.randint(1, Wq - x0)
             tile = _rect_tokens((y0, x0, nr, nc), Wq)
             keys = set(vis[sorted(tile)].any(0).nonzero().flatten().tolist())
-            kr = _ext.cpu_module.key_rect(g, y0, x0, nr, nc)
-            assert keys <= _rect_tokens(kr, Wq), f"{geom}: key_rect {kr} misses keys of {(y0, x0, nr, nc)}"
+            kr = _ext.cpu_module.candidate_keys(g, y0, x0, nr, nc)
+            assert keys <= _rect_tokens(kr, Wq), f"{geom}: candidate_keys {kr} misses keys of {(y0, x0, nr, nc)}"
             queries = set(vis[:, sorted(tile)].any(1).nonzero().flatten().tolist())
-            qr = _ext.cpu_module.query_rect(g, y0, x0, nr, nc)
-            assert queries <= _rect_tokens(qr, Wq), f"{geom}: query_rect {qr} misses queries"
+            qr = _ext.cpu_module.candidate_queries(g, y0, x0, nr, nc)
+            assert queries <= _rect_tokens(qr, Wq), f"{geom}: candidate_queries {qr} misses queries"
         for i in rng.sample(range(geom.N), min(8, geom.N)):
             y, x = divmod(i, Wq)
             keys = vis[i].nonzero().flatten().tolist()
-            assert tuple(_ext.cpu_module.key_rect(g, y, x, 1, 1)) == _bbox(keys, Wq), (geom, i)
+            assert tuple(_ext.cpu_module.candidate_keys(g, y, x, 1, 1)) == _bbox(keys, Wq), (geom, i)
             queries = vis[:, i].nonzero().flatten().tolist()
-            assert tuple(_ext.cpu_module.query_rect(g, y, x, 1, 1)) == _bbox(queries, Wq), (geom, i)
+            assert tuple(_ext.cpu_module.candidate_queries(g, y, x, 1, 1)) == _bbox(queries, Wq), (geom, i)
+
+
+@pytest.mark.parametrize("TQ", [1, 4, 8, 16, 49])
+def test_list_tiles_partition_queries_and_hold_every_visible_key(TQ):
+    """The CPU kernels' list tiling: the tiles partition the queries, each tile's candidates are
+    distinct and hold every key its queries see, and the per-pair table built from QueryMeta /
+    KeyMeta is exactly the dense visibility and bias row on the candidates (masked elsewhere)."""
+    rng = random.Random(TQ)
+    kinds = set()
+    for geom in _random_geometries(rng, 12):
+        kinds.add(geom.kind)
+        want = _table(geom)
+        seen = []
+        for queries, cands, pairs in _ext.cpu_module.list_tiles(geom.as_list(), TQ):
+            assert len(queries) <= TQ, geom
+            seen.extend(queries)
+            if not queries:
+                continue
+            assert len(set(cands)) == len(cands), f"{geom}: repeated candidates {cands}"
+            q, k = torch.tensor(queries), torch.tensor(cands)
+            got = torch.tensor(pairs).view(len(queries), len(cands))
+            assert torch.equal(got, want[q][:, k]), f"{geom}: pair table of tile {queries}"
+            outside = torch.ones(geom.N, dtype=torch.bool)
+            outside[k] = False
+            assert not (want[q][:, outside] >= 0).any(), f"{geom}: tile {queries} misses keys"
+        assert sorted(seen) == list(range(geom.N)), f"{geom}: tiles do not partition the queries"
+    assert kinds == {GRID, BAND, CLIP, NBHD}

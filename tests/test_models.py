@@ -227,7 +227,7 @@ def test_locality_schedule_on_last_block():
         G.set_progress(progress)
         assert last.masked == (width is not None)
         if width is not None:
-            assert last.geom.p[0] == width
+            assert last.geom.band_width == width
         assert last.rel_bias is table
     z = torch.randn(1, 32)
     G.set_progress(0)

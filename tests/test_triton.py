@@ -184,7 +184,7 @@ _TILES = sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in tuning.SM90
 @pytest.mark.parametrize("name", ["grid-shift-partial", "band1d", "clip", "nbhd-dilated"])
 def test_every_tuning_tile_gives_the_same_result(name, monkeypatch):
     """docs/ops.md §4 / issue item 5: autotuning may pick any (BLOCK_M, BLOCK_N) of the sm_80/sm_90 spaces;
-    each changes how lattices are cut into tiles, never the result. Forward and all gradients."""
+    each changes how planes are cut into tiles, never the result. Forward and all gradients."""
     geom = _geom(name, dict(GEOMS)[name])
     leaves = _qkv_bias(geom, 16, True, B=1, h=2)
     for bm, bn in _TILES:

@@ -17,10 +17,12 @@ struct SlotGrid {
 
 TGF_HD SlotGrid slot_grid(const Geom& g) {
   switch (g.kind) {
-    case GRID: return SlotGrid{g.p0, g.p1};
-    case BAND: return SlotGrid{1, 2 * imin(g.p0, g.H * g.W - 1) + 1};
-    case CLIP: return SlotGrid{2 * imin(g.p0, g.H - 1) + 1, 2 * imin(g.p1, g.W - 1) + 1};
-    default: return SlotGrid{g.p0, g.p1};
+    case GRID: return SlotGrid{grid_window(g, Y_AXIS), grid_window(g, X_AXIS)};
+    case BAND: return SlotGrid{1, 2 * imin(band_width(g), g.H * g.W - 1) + 1};
+    case CLIP:
+      return SlotGrid{2 * imin(clip_radius(g, Y_AXIS), g.H - 1) + 1,
+                      2 * imin(clip_radius(g, X_AXIS), g.W - 1) + 1};
+    default: return SlotGrid{nbhd_kernel(g, Y_AXIS), nbhd_kernel(g, X_AXIS)};
   }
 }
 
@@ -35,12 +37,14 @@ TGF_HD int slot_key(const Geom& g, const SlotGrid& sg, int i, int s) {
   const int y = i / g.W, x = i % g.W, a = s / sg.cols, b = s % sg.cols;
   switch (g.kind) {
     case GRID: {  // the query's window in rolled coordinates, same wrap region only
-      const int ry = rolled(y, g.H, g.p2), rx = rolled(x, g.W, g.p3);
-      const int ky = ry / g.p0 * g.p0 + a, kx = rx / g.p1 * g.p1 + b;
+      const int ry = grid_rolled(g, Y_AXIS, y), rx = grid_rolled(g, X_AXIS, x);
+      const int M1 = grid_window(g, Y_AXIS), M2 = grid_window(g, X_AXIS);
+      const int ky = ry / M1 * M1 + a, kx = rx / M2 * M2 + b;
       if (ky >= g.H || kx >= g.W) return -1;
-      if ((ky >= g.H - g.p2) != (ry >= g.H - g.p2) || (kx >= g.W - g.p3) != (rx >= g.W - g.p3))
+      if (grid_wrapped(g, Y_AXIS, ky) != grid_wrapped(g, Y_AXIS, ry) ||
+          grid_wrapped(g, X_AXIS, kx) != grid_wrapped(g, X_AXIS, rx))
         return -1;
-      return ((ky + g.p2) % g.H) * g.W + (kx + g.p3) % g.W;
+      return grid_unrolled(g, Y_AXIS, ky) * g.W + grid_unrolled(g, X_AXIS, kx);
     }
     case BAND: {
       const int k = i - (sg.cols - 1) / 2 + b;
@@ -51,8 +55,9 @@ TGF_HD int slot_key(const Geom& g, const SlotGrid& sg, int i, int s) {
       return ky >= 0 && ky < g.H && kx >= 0 && kx < g.W ? ky * g.W + kx : -1;
     }
     default: {  // NBHD: never empty
-      const int ky = (nbhd_start(y, g.H, g.p0, g.p2) + a) * g.p2 + y % g.p2;
-      const int kx = (nbhd_start(x, g.W, g.p1, g.p3) + b) * g.p3 + x % g.p3;
+      const int d1 = nbhd_dilation(g, Y_AXIS), d2 = nbhd_dilation(g, X_AXIS);
+      const int ky = (nbhd_start(g, Y_AXIS, y) + a) * d1 + y % d1;
+      const int kx = (nbhd_start(g, X_AXIS, x) + b) * d2 + x % d2;
       return ky * g.W + kx;
     }
   }
@@ -65,15 +70,16 @@ TGF_HD int key_slot(const Geom& g, const SlotGrid& sg, int i, int m) {
   const int y = i / g.W, x = i % g.W, ym = m / g.W, xm = m % g.W;
   switch (g.kind) {
     case GRID: {
-      const int ry = rolled(y, g.H, g.p2), rx = rolled(x, g.W, g.p3);
-      return (rolled(ym, g.H, g.p2) - ry / g.p0 * g.p0) * sg.cols +
-             rolled(xm, g.W, g.p3) - rx / g.p1 * g.p1;
+      const int M1 = grid_window(g, Y_AXIS), M2 = grid_window(g, X_AXIS);
+      const int ry = grid_rolled(g, Y_AXIS, y), rx = grid_rolled(g, X_AXIS, x);
+      return (grid_rolled(g, Y_AXIS, ym) - ry / M1 * M1) * sg.cols +
+             grid_rolled(g, X_AXIS, xm) - rx / M2 * M2;
     }
     case BAND: return m - i + (sg.cols - 1) / 2;
     case CLIP: return (ym - y + (sg.rows - 1) / 2) * sg.cols + xm - x + (sg.cols - 1) / 2;
     default:
-      return (ym / g.p2 - nbhd_start(y, g.H, g.p0, g.p2)) * sg.cols +
-             xm / g.p3 - nbhd_start(x, g.W, g.p1, g.p3);
+      return (ym / nbhd_dilation(g, Y_AXIS) - nbhd_start(g, Y_AXIS, y)) * sg.cols +
+             xm / nbhd_dilation(g, X_AXIS) - nbhd_start(g, X_AXIS, x);
   }
 }
 
@@ -85,15 +91,16 @@ TGF_HD int offset_key(const Geom& g, int i, int r) {
   const int y = i / g.W, x = i % g.W;
   int ky = y - dy, kx = x - dx;
   if (g.kind == GRID) {  // in-window offsets of rolled coordinates
-    const int ry = rolled(y, g.H, g.p2), rx = rolled(x, g.W, g.p3), kry = ry - dy, krx = rx - dx;
-    if (kry < 0 || krx < 0 || kry >= g.H || krx >= g.W || kry / g.p0 != ry / g.p0 ||
-        krx / g.p1 != rx / g.p1)
+    const int ry = grid_rolled(g, Y_AXIS, y), rx = grid_rolled(g, X_AXIS, x);
+    const int kry = ry - dy, krx = rx - dx;
+    const int M1 = grid_window(g, Y_AXIS), M2 = grid_window(g, X_AXIS);
+    if (kry < 0 || krx < 0 || kry >= g.H || krx >= g.W || kry / M1 != ry / M1 || krx / M2 != rx / M2)
       return -1;
-    ky = (kry + g.p2) % g.H;
-    kx = (krx + g.p3) % g.W;
+    ky = grid_unrolled(g, Y_AXIS, kry);
+    kx = grid_unrolled(g, X_AXIS, krx);
   } else if (g.kind == NBHD) {  // offsets in dilation-group units
-    ky = y - dy * g.p2;
-    kx = x - dx * g.p3;
+    ky = y - dy * nbhd_dilation(g, Y_AXIS);
+    kx = x - dx * nbhd_dilation(g, X_AXIS);
   }
   if (ky < 0 || ky >= g.H || kx < 0 || kx >= g.W) return -1;
   const int k = ky * g.W + kx;
@@ -122,8 +129,8 @@ TGF_HD Seers seers(const Geom& g, const SlotGrid& sg, int m) {
   Seers r{m, sg.rows * sg.cols, 0, 0, 1};
   if (g.kind == NBHD) {
     int ny = 0;
-    inverse_range(m / g.W, g.H, g.p0, g.p2, r.ly, ny);
-    inverse_range(m % g.W, g.W, g.p1, g.p3, r.lx, r.nx);
+    inverse_range(m / g.W, g.H, nbhd_kernel(g, Y_AXIS), nbhd_dilation(g, Y_AXIS), r.ly, ny);
+    inverse_range(m % g.W, g.W, nbhd_kernel(g, X_AXIS), nbhd_dilation(g, X_AXIS), r.lx, r.nx);
     r.count = ny * r.nx;
   }
   return r;
@@ -134,7 +141,8 @@ TGF_HD int seer(const Geom& g, const SlotGrid& sg, const Seers& r, int t, int& s
   int q;
   if (g.kind == NBHD) {
     const int ym = r.m / g.W, xm = r.m % g.W;
-    q = ((r.ly + t / r.nx) * g.p2 + ym % g.p2) * g.W + (r.lx + t % r.nx) * g.p3 + xm % g.p3;
+    const int d1 = nbhd_dilation(g, Y_AXIS), d2 = nbhd_dilation(g, X_AXIS);
+    q = ((r.ly + t / r.nx) * d1 + ym % d1) * g.W + (r.lx + t % r.nx) * d2 + xm % d2;
   } else {
     q = slot_key(g, sg, r.m, t);
   }

@@ -146,7 +146,7 @@ bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
 
 void attn_bwd_f32(const AttnBwdArgs& a) {
   const Geom& g = a.geom;
-  const int TQ = tile_size_window(g), maxk = tile_max_keys(g, TQ), ntiles = tile_count(g, TQ);
+  const int TQ = tile_size_window(g), maxk = tile_max_candidates(g, TQ), ntiles = tile_count(g, TQ);
   const int dp = round_up(a.d, DB), N = a.N, heads = a.heads, d = a.d;
   const int slices = a.B * heads;
   const int threads = std::max(1, std::min(a.threads, std::max(slices, ntiles)));

@@ -1,7 +1,7 @@
 // Fused masked attention forward on the CPU (float32): every geometry kind, relative bias
 // gathered in-kernel, log-sum-exp saved for the backward.
 //
-// Work is split into query tiles (common/attn_tiles.h; a GRID tile is a whole window of up to 256
+// Work is split into query tiles (common/tiles.h; a GRID tile is a whole window of up to 256
 // tokens); all candidate keys of a tile are held at once, so each query row gets an exact (not
 // online) softmax over its candidates. The loop is tiles-outer, (batch, head)-inner so the tile's
 // index math and mask table are built once and reused by every slice. OpenMP over tiles; every
@@ -111,9 +111,9 @@ bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
 void attn_fwd_f32(const AttnFwdArgs& a) {
   const Geom& g = a.geom;
   // Threads split tiles: whole-window tiles only when there are windows for every thread.
-  const int windows = g.kind == GRID ? ((g.H + g.p0 - 1) / g.p0) * ((g.W + g.p1 - 1) / g.p1) : 0;
+  const int windows = g.kind == GRID ? grid_window_count(g, Y_AXIS) * grid_window_count(g, X_AXIS) : 0;
   const int TQ = windows >= 2 * a.threads ? tile_size_window(g) : tile_size(g);
-  const int maxk = tile_max_keys(g, TQ), ntiles = tile_count(g, TQ);
+  const int maxk = tile_max_candidates(g, TQ), ntiles = tile_count(g, TQ);
   const int dp = round_up(a.d, DB);
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, a.heads);
   // K transposed once per slice (d x N), so tiles gather candidate columns with contiguous copies.

@@ -1,6 +1,6 @@
 // Building blocks of the fused CPU attention kernels (attention_fwd.cpp, attention_bwd.cpp).
 //
-// One tile = up to TQ queries and the candidate keys their geometry can reach (common/attn_tiles.h).
+// One tile = up to TQ queries and the candidate keys their geometry can reach (common/tiles.h).
 // Per tile the kernels gather keys (from a once-per-call transposed copy) into a small buffer,
 // compute the tile's logits densely against the candidates with register-blocked loops the
 // compiler turns into AVX2/AVX-512 code (TGF_ISA_DISPATCH compiles each tile function once per
@@ -14,7 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <vector>
-#include "common/attn_tiles.h"
+#include "common/tiles.h"
 #include "cpu/kernels.h"
 
 namespace tgf {
@@ -59,7 +59,7 @@ inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
 inline int tile_size(const Geom& g) {
   switch (g.kind) {
     case CLIP: return 8;
-    case NBHD: return g.p1 >= 5 ? 16 : 8;
+    case NBHD: return nbhd_kernel(g, X_AXIS) >= 5 ? 16 : 8;
     default: return 32;
   }
 }
@@ -89,7 +89,7 @@ struct TileIndex {
   bool build_index(const Geom& g, int TQ, int t) {
     nq = tile_queries(g, TQ, t, q.data());
     if (nq == 0) return false;
-    nk = tile_keys(g, TQ, t, q.data(), nq, k.data());
+    nk = tile_candidates(g, TQ, t, q.data(), nq, k.data());
     nkp = round_up(nk, JB);
     runs.clear();
     for (int j = 0; j < nk; ++j) {
@@ -106,7 +106,7 @@ struct TileIndex {
 };
 
 // brow[i, j] = bias row of (query i, candidate j) if visible, else -1 (meta_visible and
-// meta_bias_row of attn_tiles.h, written over arrays so the compiler vectorizes it).
+// meta_bias_row of common/tiles.h, written over arrays so the compiler vectorizes it).
 TGF_KERNEL_INLINE void fill_brow_body(const Geom& g, TileIndex& ti) {
   const int lo1 = -(g.B1 - 1), hi1 = g.B1 - 1, lo2 = -(g.B2 - 1), hi2 = g.B2 - 1, w2 = 2 * g.B2 - 1;
   const int *kcls = ti.kcls.data(), *kay = ti.kay.data(), *kax = ti.kax.data();
@@ -376,7 +376,7 @@ struct BiasTiles {
 // instead of being revisited by each chunk (backward). Larger windows and the local kinds use
 // `tile_size`.
 inline int tile_size_window(const Geom& g) {
-  if (g.kind == GRID && g.p0 * g.p1 <= 256) return g.p0 * g.p1;
+  if (g.kind == GRID && grid_window_area(g) <= 256) return grid_window_area(g);
   return tile_size(g);
 }
 

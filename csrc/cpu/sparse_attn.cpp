@@ -51,7 +51,7 @@ std::shared_ptr<const SlotTables> build_tables(const Geom& g, int K, int threads
 std::shared_ptr<const SlotTables> slot_tables(const Geom& g, int K, int threads) {
   static std::mutex mu;
   static std::map<std::array<int, 9>, std::shared_ptr<const SlotTables>> cache;
-  const std::array<int, 9> key{g.H, g.W, g.kind, g.p0, g.p1, g.p2, g.p3, g.B1, g.B2};
+  const std::array<int, 9> key{g.H, g.W, g.kind, g.p0, g.p1, g.p2, g.p3, g.B1, g.B2};  // all 9 ints
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
@@ -133,14 +133,15 @@ TGF_ISA_DISPATCH(avt_rows, avt_rows_body,
 struct GridWindows {
   int M1, M2, L, nwy, nwx;
   explicit GridWindows(const Geom& g)
-      : M1(g.p0), M2(g.p1), L(g.p0 * g.p1), nwy((g.H + g.p0 - 1) / g.p0), nwx((g.W + g.p1 - 1) / g.p1) {}
+      : M1(grid_window(g, Y_AXIS)), M2(grid_window(g, X_AXIS)), L(grid_window_area(g)),
+        nwy(grid_window_count(g, Y_AXIS)), nwx(grid_window_count(g, X_AXIS)) {}
   int count() const { return nwy * nwx; }
   // Token at position s of window w, or -1 where the position is off the map.
   void tokens(const Geom& g, int w, int* tok) const {
     const int wy = w / nwx, wx = w % nwx;
     for (int s = 0; s < L; ++s) {
       const int ry = wy * M1 + s / M2, rx = wx * M2 + s % M2;
-      tok[s] = ry < g.H && rx < g.W ? ((ry + g.p2) % g.H) * g.W + (rx + g.p3) % g.W : -1;
+      tok[s] = ry < g.H && rx < g.W ? grid_unrolled(g, Y_AXIS, ry) * g.W + grid_unrolled(g, X_AXIS, rx) : -1;
     }
   }
 };

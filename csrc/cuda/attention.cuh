@@ -2,10 +2,10 @@
 //
 // Design, chosen to be right by construction:
 // - A block (4 warps) owns one tile of at most `t` tokens (t = 64, 32 or 16, chosen on the host
-//   from the shared-memory budget) of one (batch, head): a rectangle of the tiling map
-//   (common/tiles_cuda.h). The tokens it pairs with are the bounding rectangle of what that tile
-//   can see (key_rect / query_rect), walked in chunks of `t`; every pair is masked exactly with
-//   tgf::visible, so the rectangle only has to be a superset. A chunk with no visible pair is
+//   from the shared-memory budget) of one (batch, head): a rectangle of the plane (the rect
+//   tiling of common/tiles.h). Its candidates are the bounding rectangle of what that tile can
+//   see (candidate_keys / candidate_queries), walked in chunks of `t`; every pair is masked
+//   exactly with tgf::visible, so the rectangle only has to be a superset. A chunk with no visible pair is
 //   skipped after one block-wide vote.
 // - Every tile lives in shared memory: token rows zero-filled past the tile and head dims zero-
 //   padded to dpad = roundup(d, 16), so matrix products never need bounds checks. Products are
@@ -20,7 +20,7 @@
 #include <type_traits>
 #include "common/geometry.h"
 #include "common/neighbours.h"
-#include "common/tiles_cuda.h"
+#include "common/tiles.h"
 #include "cuda/dtype.cuh"
 #include "cuda/launch.h"
 
@@ -118,11 +118,12 @@ __device__ __forceinline__ void tile_mm(float* C, int ldc, const T* A, int lda, 
   }
 }
 
-// tok[r] = flat token of row r of a chunk (or -1 past its end): rows [r0, r0 + t) of `rect`.
-__device__ __forceinline__ void chunk_tokens(int* tok, const Tile& rect, int Wq, int r0, int t) {
-  const int n = tile_count(rect);
+// tok[r] = flat token of row r of a chunk (or -1 past its end): points [r0, r0 + t) of `rect`,
+// a rectangle of a plane with `cols` columns.
+__device__ __forceinline__ void chunk_tokens(int* tok, const Rect& rect, int cols, int r0, int t) {
+  const int n = rect_size(rect);
   for (int r = threadIdx.x; r < t; r += kThreads)
-    tok[r] = r0 + r < n ? tile_token(rect, Wq, r0 + r) : -1;
+    tok[r] = r0 + r < n ? rect_token(rect, cols, r0 + r) : -1;
 }
 
 // dst[r][c] = tensor[token tok[r]][c] for c < d, zero elsewhere (all t x dpad entries written).

@@ -1,9 +1,9 @@
 // Fused attention backward: three kernels, no atomics on q/k/v gradients.
 //   delta:  D_i = sum_c dO_ic O_ic                        (one warp per query row)
-//   dq:     per query tile, walk its key rectangle:  dQ = scale * dS K; with a bias, dS of each
+//   dq:     per query tile, walk its candidate keys:  dQ = scale * dS K; with a bias, dS of each
 //           visible pair is stored in its neighbour slot, and bias_grad.cu sums the slots of every
 //           table row in a fixed order (deterministic dbias, no atomics; batch in scratch chunks)
-//   dkdv:   per key tile, walk its query rectangle:  dV = P^T dO, dK = scale * dS^T Q
+//   dkdv:   per key tile, walk its candidate queries:  dV = P^T dO, dK = scale * dS^T Q
 // with P = exp(logit - lse) on visible pairs (0 elsewhere) and dS = P * (dO V^T - D).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -98,10 +98,10 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const AttnParams P) {
   const int t = P.t, dpad = P.dpad;
   const Lds ld(t, dpad);
   BwdSmem<T> s(smem, t, dpad, false);
-  const int bh = blockIdx.y, b = P.b0 + bh / P.h, hh = bh % P.h, Wq = tiling_cols(P.g);
+  const int bh = blockIdx.y, b = P.b0 + bh / P.h, hh = bh % P.h, Wq = plane_cols(P.g);
   float* dslot = P.dslot ? P.dslot + static_cast<int64_t>(bh) * P.N * P.K : nullptr;  // chunk-local
 
-  const Tile qt = block_tile(P.g, t, blockIdx.x);
+  const Rect qt = rect_tile(P.g, t, blockIdx.x);
   chunk_tokens(s.qtok, qt, Wq, 0, t);
   for (int e = threadIdx.x; e < t * ld.O; e += kThreads) s.acc1[e] = 0.f;
   __syncthreads();
@@ -109,8 +109,8 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(const AttnParams P) {
   load_rows<T>(s.dO, ld.T, P, DO, b, hh, s.qtok);
   load_row_stats(P, s, b * P.h + hh);
 
-  const Tile kr = key_rect(P.g, qt);
-  const int nk = tile_count(kr);
+  const Rect kr = candidate_keys(P.g, qt);
+  const int nk = rect_size(kr);
   for (int k0 = 0; k0 < nk; k0 += t) {
     __syncthreads();
     chunk_tokens(s.ktok, kr, Wq, k0, t);
@@ -132,17 +132,17 @@ __global__ void __launch_bounds__(kThreads) attn_dkdv_kernel(const AttnParams P)
   const int t = P.t, dpad = P.dpad;
   const Lds ld(t, dpad);
   BwdSmem<T> s(smem, t, dpad, true);
-  const int bh = blockIdx.y, b = bh / P.h, hh = bh % P.h, Wq = tiling_cols(P.g);
+  const int bh = blockIdx.y, b = bh / P.h, hh = bh % P.h, Wq = plane_cols(P.g);
 
-  const Tile kt = block_tile(P.g, t, blockIdx.x);
+  const Rect kt = rect_tile(P.g, t, blockIdx.x);
   chunk_tokens(s.ktok, kt, Wq, 0, t);
   for (int e = threadIdx.x; e < t * ld.O; e += kThreads) { s.acc1[e] = 0.f; s.acc2[e] = 0.f; }
   __syncthreads();
   load_rows<T>(s.K, ld.T, P, K, b, hh, s.ktok);
   load_rows<T>(s.V, ld.T, P, V, b, hh, s.ktok);
 
-  const Tile qr = query_rect(P.g, kt);
-  const int nq = tile_count(qr);
+  const Rect qr = candidate_queries(P.g, kt);
+  const int nq = rect_size(qr);
   for (int q0 = 0; q0 < nq; q0 += t) {
     __syncthreads();
     chunk_tokens(s.qtok, qr, Wq, q0, t);
@@ -172,7 +172,7 @@ cudaError_t launch_tiled(Kern kernel, AttnParams P, bool two_acc, int nbatch, cu
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes));
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(block_tile_count(P.g, t), nbatch * P.h), kThreads, bytes, stream>>>(P);
+  kernel<<<dim3(rect_tile_count(P.g, t), nbatch * P.h), kThreads, bytes, stream>>>(P);
   return cudaGetLastError();
 }
 

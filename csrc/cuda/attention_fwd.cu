@@ -36,17 +36,17 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnParams P) 
   FwdSmem<T> s(smem, t, dpad);
   const Geom g = P.g;
   const int bh = blockIdx.y, b = bh / P.h, hh = bh % P.h;
-  const int Wq = tiling_cols(g), lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int Wq = plane_cols(g), lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
-  const Tile qt = block_tile(g, t, blockIdx.x);
+  const Rect qt = rect_tile(g, t, blockIdx.x);
   chunk_tokens(s.qtok, qt, Wq, 0, t);
   for (int r = threadIdx.x; r < t; r += kThreads) { s.m[r] = -INFINITY; s.l[r] = 0.f; }
   for (int e = threadIdx.x; e < t * ld.O; e += kThreads) s.O[e] = 0.f;
   __syncthreads();
   load_rows<T>(s.Q, ld.T, P, Q, b, hh, s.qtok);
 
-  const Tile kr = key_rect(g, qt);
-  const int nk = tile_count(kr);
+  const Rect kr = candidate_keys(g, qt);
+  const int nk = rect_size(kr);
   for (int k0 = 0; k0 < nk; k0 += t) {
     __syncthreads();  // the previous chunk is done with ktok, K, V, P
     chunk_tokens(s.ktok, kr, Wq, k0, t);
@@ -112,7 +112,7 @@ int launch_fwd(AttnParams P, cudaStream_t stream, const char** err) {
   cudaError_t e = cudaFuncSetAttribute(attn_fwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes));
   if (e != cudaSuccess) return e;
-  dim3 grid(block_tile_count(P.g, t), P.B * P.h);
+  dim3 grid(rect_tile_count(P.g, t), P.B * P.h);
   attn_fwd_kernel<T><<<grid, kThreads, bytes, stream>>>(P);
   return cudaGetLastError();
 }
@@ -127,27 +127,10 @@ size_t max_smem_optin() {
 }
 
 const char* check_attn_call(const AttnCall& c, bool backward) {
-  const int* g = c.geom;
   if (c.dtype < 0 || c.dtype > 2) return "attention: dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16)";
   if (c.d < 1 || c.d > 256) return "attention: head dim d must be in 1..256";
   if (c.B < 1 || c.h < 1 || c.B * c.h > 65535) return "attention: B * heads must be in 1..65535";
-  if (g[0] < 1 || g[1] < 1 || static_cast<int64_t>(g[0]) * g[1] != c.N)
-    return "attention: geometry H * W must equal the token count N";
-  switch (g[2]) {
-    case GRID:
-      if (g[3] < 1 || g[4] < 1 || g[5] < 0 || g[6] < 0 || g[5] >= g[3] || g[6] >= g[4] ||
-          g[3] > g[0] || g[4] > g[1])
-        return "attention: grid geometry needs 1 <= window <= hw and 0 <= shift < window";
-      break;
-    case BAND: if (g[3] < 0) return "attention: band width must be >= 0"; break;
-    case CLIP: if (g[3] < 0 || g[4] < 0) return "attention: clip radii must be >= 0"; break;
-    case NBHD:
-      if (g[3] < 1 || g[4] < 1 || g[5] < 1 || g[6] < 1 || g[3] * g[5] > g[0] || g[4] * g[6] > g[1])
-        return "attention: neighbourhood geometry needs k, dilation >= 1 and k * dilation <= hw";
-      break;
-    default: return "attention: geometry kind must be 0..3";
-  }
-  if (c.bias && (g[7] < 1 || g[8] < 1)) return "attention: bias table half-size must be >= 1";
+  if (const char* e = geom_error(geom_from_list(c.geom), c.N, c.bias != 0)) return e;
   const int slots = backward ? NSLOT : 4;
   for (int i = 0; i < slots; ++i)
     if (!c.ptr[i]) return "attention: null tensor pointer";
@@ -159,8 +142,7 @@ const char* check_attn_call(const AttnCall& c, bool backward) {
 
 AttnParams make_params(const AttnCall& c) {
   AttnParams P{};
-  P.g = Geom{c.geom[0], c.geom[1], c.geom[2], c.geom[3], c.geom[4], c.geom[5], c.geom[6],
-             c.geom[7], c.geom[8]};
+  P.g = geom_from_list(c.geom);
   P.B = static_cast<int>(c.B); P.h = static_cast<int>(c.h); P.N = static_cast<int>(c.N);
   P.d = static_cast<int>(c.d); P.dpad = (P.d + 15) / 16 * 16; P.t = 0;
   P.scale = c.scale;

@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kThreads) bias_reduce_kernel(const AttnParams 
 }  // namespace
 
 cudaError_t bias_reduce(const AttnParams& P, int nb, cudaStream_t stream) {
-  const int rows = (2 * P.g.B1 - 1) * (2 * P.g.B2 - 1);
+  const int rows = bias_table_rows(P.g);
   const int64_t warps = static_cast<int64_t>(rows) * P.h;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
   bias_reduce_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(P, nb, rows);

@@ -157,23 +157,7 @@ const char* check_sparse_call(const SparseCall& c) {
   if (c.dtype < 0 || c.dtype > 2) return "sparse_attn: dtype code must be 0, 1 or 2";
   if (c.B < 1 || c.h < 1 || c.N < 1) return "sparse_attn: B, heads and N must be >= 1";
   if (c.d < 1 || c.d > kMaxSparseHeadDim) return "sparse_attn: head dim must be in 1..256";
-  const int* g = c.geom;
-  if (g[0] < 1 || g[1] < 1 || static_cast<int64_t>(g[0]) * g[1] != c.N)
-    return "sparse_attn: geometry H * W must equal the token count N";
-  switch (g[2]) {
-    case GRID:
-      if (g[3] < 1 || g[4] < 1 || g[5] < 0 || g[6] < 0 || g[5] >= g[3] || g[6] >= g[4] ||
-          g[3] > g[0] || g[4] > g[1])
-        return "sparse_attn: grid geometry needs 1 <= window <= hw and 0 <= shift < window";
-      break;
-    case BAND: if (g[3] < 0) return "sparse_attn: band width must be >= 0"; break;
-    case CLIP: if (g[3] < 0 || g[4] < 0) return "sparse_attn: clip radii must be >= 0"; break;
-    case NBHD:
-      if (g[3] < 1 || g[4] < 1 || g[5] < 1 || g[6] < 1 || g[3] * g[5] > g[0] || g[4] * g[6] > g[1])
-        return "sparse_attn: neighbourhood geometry needs k, dilation >= 1 and k * dilation <= hw";
-      break;
-    default: return "sparse_attn: geometry kind must be 0..3";
-  }
+  if (const char* e = geom_error(geom_from_list(c.geom), c.N, false)) return e;
   if (!c.x || !c.y || !c.out) return "sparse_attn: null tensor pointer";
   return nullptr;
 }
@@ -194,8 +178,7 @@ cudaError_t launch_sparse(const SparseCall& c, const SparseParams& P) {
 int sparse_attn(const SparseCall& c, const char** err) {
   if ((*err = check_sparse_call(c))) return cudaErrorInvalidValue;
   SparseParams P{};
-  P.g = Geom{c.geom[0], c.geom[1], c.geom[2], c.geom[3], c.geom[4], c.geom[5], c.geom[6],
-             c.geom[7], c.geom[8]};
+  P.g = geom_from_list(c.geom);
   P.sg = slot_grid(P.g);
   if (static_cast<int64_t>(P.sg.rows) * P.sg.cols != c.K) {
     *err = "sparse_attn: K does not match the geometry's slot count";

@@ -78,7 +78,7 @@ def grid_attention_ref(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None):
     """
     B, h, N, d = q.shape
     H, W = geom.H, geom.W
-    M1, M2, s1, s2 = geom.p
+    (M1, M2), (s1, s2) = geom.grid_window, geom.grid_shift
     scale = d ** -0.5 if scale is None else scale
     nH, nW = -(-H // M1), -(-W // M2)
     Hp, Wp = nH * M1, nW * M2

@@ -3,7 +3,11 @@
 Every attention op in this package (grid/window, band, clipped window, NATTEN-style neighbourhood)
 is one masked attention whose mask and relative-bias index are pure functions of token coordinates.
 `AttnGeometry` is that description, packed into a flat integer list so it can cross the
-`torch.library` boundary and reach the C++/CUDA/Triton kernels unchanged.
+`torch.library` boundary and reach the C++/CUDA/Triton kernels unchanged. The four parameters
+``p`` mean different things per kind; read them through the named accessors (``grid_window``,
+``grid_shift``, ``band_width``, ``clip_radius``, ``nbhd_kernel``, ``nbhd_dilation``), which have the
+same names in C++ (``csrc/common/geometry.h``) and Triton (``_triton/_geom.py``).
+`docs/kernels.md` follows a geometry through the tiles to the kernels.
 
 The index math here is the Python twin of `csrc/common/geometry.h`; both must agree exactly, and
 `tests/test_geometry_cpp.py` checks them against each other through the compiled kernels.
@@ -61,12 +65,49 @@ class AttnGeometry:
     H: int
     W: int
     kind: int
-    p: Tuple[int, int, int, int] = (0, 0, 0, 0)  # GRID: M1,M2,s1,s2 | BAND: width | CLIP: r1,r2 | NBHD: k1,k2,d1,d2
+    p: Tuple[int, int, int, int] = (0, 0, 0, 0)  # kind-dependent: use the accessors below
     bias_hw: Tuple[int, int] = (0, 0)            # (B1, B2): table has (2B1-1)(2B2-1) rows
 
     @property
     def N(self) -> int:
         return self.H * self.W
+
+    # Named parameters per kind: the one place (in Python) that says what p[0..3] mean.
+    def _params(self, kind: int, name: str, first: int) -> Tuple[int, int]:
+        if self.kind != kind:
+            raise ValueError(f"AttnGeometry.{name} is a {KIND_NAMES[kind]} parameter; this "
+                             f"geometry is {KIND_NAMES.get(self.kind, self.kind)}")
+        return (self.p[first], self.p[first + 1])
+
+    @property
+    def grid_window(self) -> Tuple[int, int]:
+        """GRID: window (M1, M2)."""
+        return self._params(GRID, "grid_window", 0)
+
+    @property
+    def grid_shift(self) -> Tuple[int, int]:
+        """GRID: cyclic shift (s1, s2)."""
+        return self._params(GRID, "grid_shift", 2)
+
+    @property
+    def band_width(self) -> int:
+        """BAND: |i - j| <= band_width on the flat index."""
+        return self._params(BAND, "band_width", 0)[0]
+
+    @property
+    def clip_radius(self) -> Tuple[int, int]:
+        """CLIP: radii (r1, r2): |dy| <= r1, |dx| <= r2."""
+        return self._params(CLIP, "clip_radius", 0)
+
+    @property
+    def nbhd_kernel(self) -> Tuple[int, int]:
+        """NBHD: kernel size (k1, k2)."""
+        return self._params(NBHD, "nbhd_kernel", 0)
+
+    @property
+    def nbhd_dilation(self) -> Tuple[int, int]:
+        """NBHD: dilation (d1, d2)."""
+        return self._params(NBHD, "nbhd_dilation", 2)
 
     def as_list(self) -> List[int]:
         """The integer list that the kernels take: [H, W, kind, p0, p1, p2, p3, B1, B2]."""
@@ -85,12 +126,15 @@ class AttnGeometry:
         """Upper bound on the keys one query sees (used to count useful FLOPs)."""
         H, W = self.H, self.W
         if self.kind == GRID:
-            return min(self.p[0], H) * min(self.p[1], W)
+            M1, M2 = self.grid_window
+            return min(M1, H) * min(M2, W)
         if self.kind == BAND:
-            return min(2 * self.p[0] + 1, self.N)
+            return min(2 * self.band_width + 1, self.N)
         if self.kind == CLIP:
-            return min(2 * self.p[0] + 1, H) * min(2 * self.p[1] + 1, W)
-        return self.p[0] * self.p[1]
+            r1, r2 = self.clip_radius
+            return min(2 * r1 + 1, H) * min(2 * r2 + 1, W)
+        k1, k2 = self.nbhd_kernel
+        return k1 * k2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,18 +242,18 @@ def visibility(geom: AttnGeometry, device=None) -> torch.Tensor:
     y, x = t // W, t % W
     yi, xi, yj, xj = y[:, None], x[:, None], y[None, :], x[None, :]
     if geom.kind == GRID:
-        M1, M2, s1, s2 = geom.p
+        (M1, M2), (s1, s2) = geom.grid_window, geom.grid_shift
         ry, rx = (y - s1) % H, (x - s2) % W
         same_win = ((ry // M1)[:, None] == (ry // M1)[None, :]) & ((rx // M2)[:, None] == (rx // M2)[None, :])
         wy, wx = ry >= H - s1, rx >= W - s2
         same_reg = (wy[:, None] == wy[None, :]) & (wx[:, None] == wx[None, :])
         return same_win & same_reg
     if geom.kind == BAND:
-        return (t[:, None] - t[None, :]).abs() <= geom.p[0]
+        return (t[:, None] - t[None, :]).abs() <= geom.band_width
     if geom.kind == CLIP:
-        r1, r2 = geom.p[0], geom.p[1]
+        r1, r2 = geom.clip_radius
         return ((yi - yj).abs() <= r1) & ((xi - xj).abs() <= r2)
-    k1, k2, d1, d2 = geom.p
+    (k1, k2), (d1, d2) = geom.nbhd_kernel, geom.nbhd_dilation
     sy, sx = _nbhd_start(y, H, k1, d1), _nbhd_start(x, W, k2, d2)
     oky = ((yj % d1) == (yi % d1)) & ((yj // d1) >= sy[:, None]) & ((yj // d1) < sy[:, None] + k1)
     okx = ((xj % d2) == (xi % d2)) & ((xj // d2) >= sx[:, None]) & ((xj // d2) < sx[:, None] + k2)
@@ -224,10 +268,11 @@ def bias_index(geom: AttnGeometry, device=None) -> torch.Tensor:
     t = torch.arange(geom.N, device=device)
     y, x = t // W, t % W
     if geom.kind == GRID:
-        M1, M2, s1, s2 = geom.p
+        (M1, M2), (s1, s2) = geom.grid_window, geom.grid_shift
         cy, cx = ((y - s1) % H) % M1, ((x - s2) % W) % M2
     elif geom.kind == NBHD:
-        cy, cx = y // geom.p[2], x // geom.p[3]
+        d1, d2 = geom.nbhd_dilation
+        cy, cx = y // d1, x // d2
     else:
         cy, cx = y, x
     dy = cy[:, None] - cy[None, :]

@@ -36,16 +36,24 @@ from torch import Tensor
 from .geometry import BAND, CLIP, GRID, NBHD, AttnGeometry, _nbhd_start
 
 
-def num_slots(geom: AttnGeometry) -> int:
-    """K, the number of neighbour slots per query (see the module docstring)."""
+def slot_grid(geom: AttnGeometry) -> Tuple[int, int]:
+    """(rows, cols) of the slot layout: slot ``s`` is row ``s // cols``, column ``s % cols`` of the
+    neighbourhood (``slot_grid`` in csrc/common/neighbours.h)."""
     H, W = geom.H, geom.W
     if geom.kind == GRID:
-        return geom.p[0] * geom.p[1]
+        return geom.grid_window
     if geom.kind == BAND:
-        return 2 * min(geom.p[0], geom.N - 1) + 1
+        return 1, 2 * min(geom.band_width, geom.N - 1) + 1
     if geom.kind == CLIP:
-        return (2 * min(geom.p[0], H - 1) + 1) * (2 * min(geom.p[1], W - 1) + 1)
-    return geom.p[0] * geom.p[1]
+        r1, r2 = geom.clip_radius
+        return 2 * min(r1, H - 1) + 1, 2 * min(r2, W - 1) + 1
+    return geom.nbhd_kernel
+
+
+def num_slots(geom: AttnGeometry) -> int:
+    """K, the number of neighbour slots per query (see the module docstring)."""
+    rows, cols = slot_grid(geom)
+    return rows * cols
 
 
 def neighbour_index(geom: AttnGeometry, device=None) -> Tuple[Tensor, Tensor]:
@@ -55,7 +63,7 @@ def neighbour_index(geom: AttnGeometry, device=None) -> Tuple[Tensor, Tensor]:
     t = torch.arange(geom.N, device=device)
     y, x = (t // W)[:, None, None], (t % W)[:, None, None]                # (N, 1, 1)
     if geom.kind == GRID:
-        M1, M2, s1, s2 = geom.p
+        (M1, M2), (s1, s2) = geom.grid_window, geom.grid_shift
         a = torch.arange(M1, device=device)[None, :, None]                # (1, M1, 1)
         b = torch.arange(M2, device=device)[None, None, :]                # (1, 1, M2)
         ry, rx = (y - s1) % H, (x - s2) % W                               # rolled query position
@@ -64,7 +72,7 @@ def neighbour_index(geom: AttnGeometry, device=None) -> Tuple[Tensor, Tensor]:
         by, bx = ry % M1 - a, rx % M2 - b                                  # bias offsets (rolled)
         ky, kx = (ky + s1) % H, (kx + s2) % W                              # back to map positions
     elif geom.kind == BAND:
-        w = min(geom.p[0], geom.N - 1)
+        w = min(geom.band_width, geom.N - 1)
         s = torch.arange(2 * w + 1, device=device)
         key = t[:, None] - w + s[None, :]                                  # (N, K) flat keys
         ok = (key >= 0) & (key < geom.N)
@@ -72,14 +80,14 @@ def neighbour_index(geom: AttnGeometry, device=None) -> Tuple[Tensor, Tensor]:
         by, bx = y[:, :, 0] - ky, x[:, :, 0] - kx
         return _finish(geom, ok, ky, kx, by, bx)
     elif geom.kind == CLIP:
-        r1, r2 = min(geom.p[0], H - 1), min(geom.p[1], W - 1)
+        r1, r2 = (min(r, L - 1) for r, L in zip(geom.clip_radius, (H, W)))
         a = torch.arange(2 * r1 + 1, device=device)[None, :, None]
         b = torch.arange(2 * r2 + 1, device=device)[None, None, :]
         ky, kx = y - r1 + a, x - r2 + b
         ok = (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
         by, bx = y - ky, x - kx
     else:
-        k1, k2, d1, d2 = geom.p
+        (k1, k2), (d1, d2) = geom.nbhd_kernel, geom.nbhd_dilation
         a = torch.arange(k1, device=device)[None, :, None]
         b = torch.arange(k2, device=device)[None, None, :]
         ky = (_nbhd_start(y, H, k1, d1) + a) * d1 + y % d1

@@ -1,17 +1,24 @@
-"""Geometry inside the Triton kernels: lattices, token coordinates, the exact mask and bias row.
+"""Geometry inside the Triton kernels: planes, token coordinates, the exact mask and bias row.
 
-Every attention program works on one *lattice*: a rectangle of tokens addressed by lattice
-coordinates `(a, b)` that contains every key any of its queries can see.
+Vocabulary as in `csrc/common/tiles.h` and `docs/kernels.md`: a *tile* is the tokens one program
+owns (queries in the forward and dq, keys in dk/dv); its *candidates* are the tokens on the other
+side it may pair with, a rectangle of the same *plane*; every pair is still masked exactly. A plane
+is a 2-D array of tokens with its own coordinates `(a, b)`:
 
-- GRID: one window, in rolled (shifted) coordinates: token `y = (wy*M1 + a + s1) mod H`.
+- GRID: one plane per window, in rolled (shifted) coordinates: token `y = (wy*M1 + a + s1) mod H`.
 - BAND: the whole map as one row of N tokens: token `t = b`.
 - CLIP: the whole map: `(y, x) = (a, b)`.
-- NBHD: one dilation group `(g1, g2)`: `y = a*d1 + g1`, `x = b*d2 + g2`.
+- NBHD: one plane per dilation group `(g1, g2)`: `y = a*d1 + g1`, `x = b*d2 + g2`.
 
-Query tiles are `QY x QX` rectangles of a lattice; the keys a tile needs (and, for the backward,
-the queries a key tile feeds) form a rectangle of the same lattice derived from the geometry, so
-fully masked tiles are never visited. Inside a tile the mask and bias row are the formulas of
-`geometry.py` / `csrc/common/geometry.h`, computed on the original token coordinates.
+Tiles are `QY x QX` rectangles of a plane; the candidates of a tile (`candidate_range` per axis)
+are a rectangle of the same plane derived from the geometry, so fully masked tiles are never
+visited. Inside a tile the mask and bias row are the formulas of `geometry.py` /
+`csrc/common/geometry.h`, computed on the original token coordinates.
+
+The kernels take the geometry's four kind-dependent parameters packed as `P0, P1, P2, P3`
+(`AttnGeometry.p`); the accessors below (`grid_window`, `grid_shift`, `band_width`, `clip_radius`,
+`nbhd_kernel`, `nbhd_dilation`, the names of geometry.h and AttnGeometry) are the one place in
+Triton that says what each means.
 """
 from __future__ import annotations
 
@@ -22,40 +29,79 @@ from ..geometry import BAND, CLIP, GRID, AttnGeometry
 
 
 @triton.jit
-def lattice(lat, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
-    """Extent `(LY, LX)` and origin `(c0, c1)` of lattice number `lat`."""
+def grid_window(P0, P1, P2, P3):
+    """GRID: window `(M1, M2)`."""
+    return P0, P1
+
+
+@triton.jit
+def grid_shift(P0, P1, P2, P3):
+    """GRID: cyclic shift `(s1, s2)`."""
+    return P2, P3
+
+
+@triton.jit
+def band_width(P0, P1, P2, P3):
+    """BAND: `|i - j| <= width` on the flat index."""
+    return P0
+
+
+@triton.jit
+def clip_radius(P0, P1, P2, P3):
+    """CLIP: radii `(r1, r2)`."""
+    return P0, P1
+
+
+@triton.jit
+def nbhd_kernel(P0, P1, P2, P3):
+    """NBHD: kernel size `(k1, k2)`."""
+    return P0, P1
+
+
+@triton.jit
+def nbhd_dilation(P0, P1, P2, P3):
+    """NBHD: dilation `(d1, d2)`."""
+    return P2, P3
+
+
+@triton.jit
+def plane(pl, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
+    """Extent `(LY, LX)` and origin `(c0, c1)` of plane number `pl`."""
     if KIND == 0:  # GRID: window (wy, wx) of the rolled map; partial at the bottom/right
-        nwx = (W + P1 - 1) // P1
-        wy = lat // nwx
-        wx = lat % nwx
-        c0 = wy * P0
-        c1 = wx * P1
-        LY = tl.minimum(P0, H - c0)
-        LX = tl.minimum(P1, W - c1)
+        M1, M2 = grid_window(P0, P1, P2, P3)
+        nwx = (W + M2 - 1) // M2
+        wy = pl // nwx
+        wx = pl % nwx
+        c0 = wy * M1
+        c1 = wx * M2
+        LY = tl.minimum(M1, H - c0)
+        LX = tl.minimum(M2, W - c1)
     elif KIND == 1:  # BAND: one row of N tokens
-        c0 = lat * 0
-        c1 = lat * 0
-        LY = lat * 0 + 1
-        LX = lat * 0 + H * W
+        c0 = pl * 0
+        c1 = pl * 0
+        LY = pl * 0 + 1
+        LX = pl * 0 + H * W
     elif KIND == 2:  # CLIP: the map
-        c0 = lat * 0
-        c1 = lat * 0
-        LY = lat * 0 + H
-        LX = lat * 0 + W
+        c0 = pl * 0
+        c1 = pl * 0
+        LY = pl * 0 + H
+        LX = pl * 0 + W
     else:  # NBHD: dilation group (g1, g2)
-        c0 = lat // P3
-        c1 = lat % P3
-        LY = (H - c0 + P2 - 1) // P2
-        LX = (W - c1 + P3 - 1) // P3
+        d1, d2 = nbhd_dilation(P0, P1, P2, P3)
+        c0 = pl // d2
+        c1 = pl % d2
+        LY = (H - c0 + d1 - 1) // d1
+        LX = (W - c1 + d2 - 1) // d2
     return LY, LX, c0, c1
 
 
 @triton.jit
 def coords(a, b, c0, c1, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
-    """Map-coordinates `(y, x)` of lattice points `(a, b)` (valid points only are meaningful)."""
+    """Map-coordinates `(y, x)` of plane points `(a, b)` (valid points only are meaningful)."""
     if KIND == 0:
-        y = (c0 + a + P2) % H
-        x = (c1 + b + P3) % W
+        s1, s2 = grid_shift(P0, P1, P2, P3)
+        y = (c0 + a + s1) % H
+        x = (c1 + b + s2) % W
     elif KIND == 1:
         y = b // W
         x = b % W
@@ -63,8 +109,9 @@ def coords(a, b, c0, c1, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
         y = a
         x = b
     else:
-        y = a * P2 + c0
-        x = b * P3 + c1
+        d1, d2 = nbhd_dilation(P0, P1, P2, P3)
+        y = a * d1 + c0
+        x = b * d2 + c1
     return y, x
 
 
@@ -81,23 +128,28 @@ def nbhd_start(i, L, k, d):
 def visible(yi, xi, yj, xj, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
     """Does query (yi, xi) see key (yj, xj)?  `geometry.visibility`, elementwise."""
     if KIND == 0:
-        ryi = (yi - P2 + H) % H
-        rxi = (xi - P3 + W) % W
-        ryj = (yj - P2 + H) % H
-        rxj = (xj - P3 + W) % W
-        ok = ((ryi // P0) == (ryj // P0)) & ((rxi // P1) == (rxj // P1))
-        ok = ok & ((ryi >= H - P2) == (ryj >= H - P2)) & ((rxi >= W - P3) == (rxj >= W - P3))
+        M1, M2 = grid_window(P0, P1, P2, P3)
+        s1, s2 = grid_shift(P0, P1, P2, P3)
+        ryi = (yi - s1 + H) % H
+        rxi = (xi - s2 + W) % W
+        ryj = (yj - s1 + H) % H
+        rxj = (xj - s2 + W) % W
+        ok = ((ryi // M1) == (ryj // M1)) & ((rxi // M2) == (rxj // M2))
+        ok = ok & ((ryi >= H - s1) == (ryj >= H - s1)) & ((rxi >= W - s2) == (rxj >= W - s2))
     elif KIND == 1:
-        ok = tl.abs((yi * W + xi) - (yj * W + xj)) <= P0
+        ok = tl.abs((yi * W + xi) - (yj * W + xj)) <= band_width(P0, P1, P2, P3)
     elif KIND == 2:
-        ok = (tl.abs(yi - yj) <= P0) & (tl.abs(xi - xj) <= P1)
+        r1, r2 = clip_radius(P0, P1, P2, P3)
+        ok = (tl.abs(yi - yj) <= r1) & (tl.abs(xi - xj) <= r2)
     else:
-        sy = nbhd_start(yi, H, P0, P2)
-        sx = nbhd_start(xi, W, P1, P3)
-        gy = yj // P2
-        gx = xj // P3
-        ok = ((yi % P2) == (yj % P2)) & ((xi % P3) == (xj % P3))
-        ok = ok & (gy >= sy) & (gy < sy + P0) & (gx >= sx) & (gx < sx + P1)
+        k1, k2 = nbhd_kernel(P0, P1, P2, P3)
+        d1, d2 = nbhd_dilation(P0, P1, P2, P3)
+        sy = nbhd_start(yi, H, k1, d1)
+        sx = nbhd_start(xi, W, k2, d2)
+        gy = yj // d1
+        gx = xj // d2
+        ok = ((yi % d1) == (yj % d1)) & ((xi % d2) == (xj % d2))
+        ok = ok & (gy >= sy) & (gy < sy + k1) & (gx >= sx) & (gx < sx + k2)
     return ok
 
 
@@ -105,15 +157,18 @@ def visible(yi, xi, yj, xj, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
 def bias_row(yi, xi, yj, xj, H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr):
     """Relative-bias table row of (query, key): `geometry.bias_index`, elementwise."""
     if KIND == 0:
-        cyi = ((yi - P2 + H) % H) % P0
-        cxi = ((xi - P3 + W) % W) % P1
-        cyj = ((yj - P2 + H) % H) % P0
-        cxj = ((xj - P3 + W) % W) % P1
+        M1, M2 = grid_window(P0, P1, P2, P3)
+        s1, s2 = grid_shift(P0, P1, P2, P3)
+        cyi = ((yi - s1 + H) % H) % M1
+        cxi = ((xi - s2 + W) % W) % M2
+        cyj = ((yj - s1 + H) % H) % M1
+        cxj = ((xj - s2 + W) % W) % M2
     elif KIND == 3:
-        cyi = yi // P2
-        cxi = xi // P3
-        cyj = yj // P2
-        cxj = xj // P3
+        d1, d2 = nbhd_dilation(P0, P1, P2, P3)
+        cyi = yi // d1
+        cxi = xi // d2
+        cyj = yj // d1
+        cxj = xj // d2
     else:
         cyi = yi
         cxi = xi
@@ -126,7 +181,7 @@ def bias_row(yi, xi, yj, xj, H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr):
 
 @triton.jit
 def rect_points(idx, total, ra0, rb0, RB, c0, c1, H, W, P0, P1, P2, P3, KIND: tl.constexpr):
-    """Points `idx` (a block of flat indices) of the lattice rectangle starting at `(ra0, rb0)` with
+    """Points `idx` (a block of flat indices) of the plane rectangle starting at `(ra0, rb0)` with
     `RB` columns and `total` points: map coordinates, token index (int64) and validity."""
     valid = idx < total
     y, x = coords(ra0 + idx // RB, rb0 + idx % RB, c0, c1, H, W, P0, P1, P2, P3, KIND)
@@ -167,8 +222,8 @@ def scores(q, k, yi, xi, yj, xj, qvalid, kvalid, Bias, hd, heads, scale,
 
 
 @triton.jit
-def partner_range(lo, hi, LEN, P, KIND_AXIS: tl.constexpr):
-    """Half-open lattice range on one axis that rows `[lo, hi]` of a tile can pair with.
+def candidate_range(lo, hi, LEN, P, KIND_AXIS: tl.constexpr):
+    """Half-open plane range on one axis of the candidates of tile rows `[lo, hi]`.
 
     KIND_AXIS: 0 whole axis (GRID window); 1 symmetric radius P (BAND/CLIP, and NBHD backward
     with P = k - 1); 2 NATTEN forward: `[start(lo), start(hi) + k)` with P = k (group units).
@@ -189,23 +244,23 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def lattice_plan(geom: AttnGeometry):
-    """Host side: (number of lattices, max lattice extent (LY, LX), preferred tile width)."""
+def plane_plan(geom: AttnGeometry):
+    """Host side: (number of planes, max plane extent (LY, LX), preferred tile width)."""
     H, W = geom.H, geom.W
     if geom.kind == GRID:
-        M1, M2 = geom.p[0], geom.p[1]
+        M1, M2 = geom.grid_window
         n = -(-H // M1) * -(-W // M2)
         return n, (M1, M2), next_pow2(M2)
     if geom.kind == BAND:
         return 1, (1, H * W), 1 << 30
     if geom.kind == CLIP:
         return 1, (H, W), min(next_pow2(W), 8)
-    d1, d2 = geom.p[2], geom.p[3]
+    d1, d2 = geom.nbhd_dilation
     return d1 * d2, (-(-H // d1), -(-W // d2)), min(next_pow2(-(-W // d2)), 8)
 
 
 def kind_axes(kind: int, backward: bool):
-    """(row-axis rule, column-axis rule) for `partner_range`, and the radius per axis."""
+    """(row-axis rule, column-axis rule) for `candidate_range`."""
     if kind == GRID:
         return 0, 0
     if kind in (BAND, CLIP):
@@ -214,32 +269,32 @@ def kind_axes(kind: int, backward: bool):
 
 
 def axis_params(geom: AttnGeometry, backward: bool):
-    """Radius/kernel `P` per lattice axis for `partner_range`."""
+    """Radius/kernel `P` per plane axis for `candidate_range`."""
     if geom.kind == GRID:
         return 0, 0
     if geom.kind == BAND:
-        return 0, geom.p[0]
+        return 0, geom.band_width
     if geom.kind == CLIP:
-        return geom.p[0], geom.p[1]
-    k1, k2 = geom.p[0], geom.p[1]
+        return geom.clip_radius
+    k1, k2 = geom.nbhd_kernel
     return (k1 - 1, k2 - 1) if backward else (k1, k2)
 
 
 @triton.jit
 def tile(pid, LYM, LXM, TX, H, W, P0, P1, P2, P3, BLOCK: tl.constexpr, KIND: tl.constexpr):
-    """Program `pid`'s tile: a `QY x QX` rectangle (QX = min(TX, BLOCK)) of a lattice whose extent
-    is at most `(LYM, LXM)`; lattices are numbered `pid // tiles_per_lattice`.
+    """Program `pid`'s tile: a `QY x QX` rectangle (QX = min(TX, BLOCK)) of a plane whose extent
+    is at most `(LYM, LXM)`; planes are numbered `pid // tiles_per_plane`.
 
-    Returns the lattice (extent, origin), the tile's lattice coordinates `a, b` (BLOCK,), their
-    validity, and the tile's inclusive row/column span clipped to the lattice.
+    Returns the plane (extent, origin), the tile's plane coordinates `a, b` (BLOCK,), their
+    validity, and the tile's inclusive row/column span clipped to the plane.
     """
     QX = tl.minimum(TX, BLOCK)
     QY = BLOCK // QX
     tiles_x = (LXM + QX - 1) // QX
     n_tiles = ((LYM + QY - 1) // QY) * tiles_x
-    lat = pid // n_tiles
+    pl = pid // n_tiles
     t = pid % n_tiles
-    LY, LX, c0, c1 = lattice(lat, H, W, P0, P1, P2, P3, KIND)
+    LY, LX, c0, c1 = plane(pl, H, W, P0, P1, P2, P3, KIND)
     a_lo = (t // tiles_x) * QY
     b_lo = (t % tiles_x) * QX
     offs = tl.arange(0, BLOCK)
@@ -251,9 +306,9 @@ def tile(pid, LYM, LXM, TX, H, W, P0, P1, P2, P3, BLOCK: tl.constexpr, KIND: tl.
     return LY, LX, c0, c1, a, b, valid, a_lo, a_hi, b_lo, b_hi
 
 
-def tiles_per_lattice(geom: AttnGeometry, block: int) -> int:
-    """Host twin of `tile`'s arithmetic: tiles of one lattice for a tile of `block` points."""
-    _, (LYM, LXM), TX = lattice_plan(geom)
+def tiles_per_plane(geom: AttnGeometry, block: int) -> int:
+    """Host twin of `tile`'s arithmetic: tiles of one plane for a tile of `block` points."""
+    _, (LYM, LXM), TX = plane_plan(geom)
     qx = min(TX, block)
     qy = block // qx
     return -(-LYM // qy) * -(-LXM // qx)

@@ -2,10 +2,10 @@
 
 Three kernels:
 1. `delta_kernel`: D = rowsum(dO * O) per query, float32.
-2. `dkdv_kernel`: one program per key tile; loops over the query rectangle that can see it
-   (derived from the geometry: the whole window for GRID, radius r / width for CLIP / BAND, k - 1
+2. `dkdv_kernel`: one program per key tile; loops over its candidate queries, a rectangle of the
+   plane (derived from the geometry: the whole window for GRID, radius r / width for CLIP / BAND, k - 1
    for NATTEN, since a query always lies in its own neighbourhood) and accumulates dK, dV.
-3. `dq_kernel`: one program per query tile over its key rectangle (as the forward); accumulates dQ
+3. `dq_kernel`: one program per query tile over its candidate keys (as the forward); accumulates dQ
    and, with a bias, stores dS into a per-slot scratch that `bias_grad` reduces into `dbias` in a
    fixed order (deterministic, no atomics).
 Probabilities are recomputed from the saved `lse`; every accumulation is float32.
@@ -62,7 +62,7 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     hd = tl.program_id(1)
     bt = tl.program_id(2).to(tl.int64)
     N = H * W
-    # The key tile (BLOCK_N lattice points) and the query rectangle that can see it.
+    # The key tile (BLOCK_N plane points) and its candidate queries (a rectangle of the plane).
     LY, LX, c0, c1, a, b, kvalid, a_lo, a_hi, b_lo, b_hi = G.tile(
         pid, LYM, LXM, TX, H, W, P0, P1, P2, P3, BLOCK_N, KIND)
     yj, xj = G.coords(a, b, c0, c1, H, W, P0, P1, P2, P3, KIND)
@@ -72,8 +72,8 @@ def dkdv_kernel(Q, K, V, Bias, DO, Lse, Delta, DK, DV,
     kmask = kvalid[:, None] & dmask[None, :]
     k, v = G.load_pair(K + G.slice_offset(bt, hd, skb, skh), V + G.slice_offset(bt, hd, svb, svh),
                        skn, svn, ktok, kvalid, offs_d, dmask)
-    qa0, qa1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
-    qb0, qb1 = G.partner_range(b_lo, b_hi, LX, AP1, AX1)
+    qa0, qa1 = G.candidate_range(a_lo, a_hi, LY, AP0, AX0)
+    qb0, qb1 = G.candidate_range(b_lo, b_hi, LX, AP1, AX1)
     QB = qb1 - qb0
     total = (qa1 - qa0) * QB
 
@@ -124,8 +124,8 @@ def dq_kernel(Q, K, V, Bias, DO, Lse, Delta, DQ, DSlot,
                         sqn, sdn, qtok, qvalid, offs_d, dmask)
     lse = tl.load(Lse + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
     dl = tl.load(Delta + (bt * heads + hd) * N + qtok, mask=qvalid, other=0.0)
-    ka0, ka1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
-    kb0, kb1 = G.partner_range(b_lo, b_hi, LX, AP1, AX1)
+    ka0, ka1 = G.candidate_range(a_lo, a_hi, LY, AP0, AX0)
+    kb0, kb1 = G.candidate_range(b_lo, b_hi, LX, AP1, AX1)
     KB = kb1 - kb0
     total = (ka1 - ka0) * KB
 
@@ -170,7 +170,7 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
     blk = 16 if tuning.interpreting() else 64
     tuning.launch(delta_kernel, (triton.cdiv(N, blk), h, B), out, dout, delta, *_s3(out), *_s3(dout),
                   h, N, d, DP=dp, BLOCK=blk)
-    n_lat, (LYM, LXM), TX = G.lattice_plan(geom)
+    n_planes, (LYM, LXM), TX = G.plane_plan(geom)
     has_bias = bias is not None
     consts = dict(KIND=geom.kind, HAS_BIAS=has_bias, DP=dp, PREC=tuning.dot_precision(q.dtype))
     geo = (geom.H, geom.W, *geom.p, *geom.bias_hw)
@@ -181,7 +181,7 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
 
     AX0, AX1 = G.kind_axes(geom.kind, backward=True)
     AP0, AP1 = G.axis_params(geom, backward=True)
-    grid_k = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_N"]), h, B)  # noqa: E731
+    grid_k = lambda META: (n_planes * G.tiles_per_plane(geom, META["BLOCK_N"]), h, B)  # noqa: E731
     _dkdv(grid_k, dp, elt, q, k, v, bias_arg, dout, lse, delta, dk, dv, *strides, *_s3(dk), *_s3(dv),
           h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1, bh, AX0=AX0, AX1=AX1, **consts)
 
@@ -195,7 +195,7 @@ def attn_bwd(q, k, v, bias, out, lse, dout, geom, scale, dq, dk, dv, dbias):
     for b0 in range(0, B, chunk):
         nb = min(chunk, B - b0)
         part = (lambda t: t) if nb == B else (lambda t, b0=b0, nb=nb: t[b0:b0 + nb])
-        grid_q = lambda META, nb=nb: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, nb)  # noqa: E731
+        grid_q = lambda META, nb=nb: (n_planes * G.tiles_per_plane(geom, META["BLOCK_M"]), h, nb)  # noqa: E731
         _dq(grid_q, dp, elt, part(q), part(k), part(v), bias_arg, part(dout), part(lse), part(delta),
             part(dq), dslot, *strides, *_s3(dq), h, d, float(scale), LYM, LXM, TX, *geo, AP0, AP1,
             bh, sa, sb, AX0=AX0, AX1=AX1, **consts)

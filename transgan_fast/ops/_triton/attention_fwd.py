@@ -1,8 +1,8 @@
 """Flash-style masked attention forward in Triton, for every geometry kind.
 
-One program per (query tile of a lattice, head, batch). The query tile's key rectangle comes from
-the geometry (`_geom.partner_range`), so key tiles outside the window/neighbourhood are never
-visited; inside a tile the exact mask and relative-bias row are computed from token coordinates.
+One program per (query tile of a plane, head, batch). The tile's candidate keys, a rectangle of
+the plane, come from the geometry (`_geom.candidate_range`), so key tiles outside the
+window/neighbourhood are never visited; inside a tile the exact mask and relative-bias row are computed from token coordinates.
 Online softmax in float32; the natural-log `lse` is saved for the backward.
 
 Non-finite values: a NaN/Inf in `q`, `k` or the bias only reaches rows that see it, because masked
@@ -40,7 +40,7 @@ def _attend(q, yi, xi, qvalid, Kb, Vb, skn, svn, Bias, hd, heads, scale, ka0, kb
             dmask, H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr, HAS_BIAS: tl.constexpr,
             DP: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
             EXACT: tl.constexpr):
-    """Online softmax of a query tile over its key rectangle: (row max, row sum, unnormalised
+    """Online softmax of a query tile over its candidate keys: (row max, row sum, unnormalised
     output, whether a value tile held NaN/Inf). EXACT routes every value tile through
     `_nonfinite_pv`; the fast pass only notes that one was seen, so its loop stays lean."""
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -92,9 +92,9 @@ def attn_fwd_kernel(Q, K, V, Bias, Out, Lse,
     q_ptrs = Q + G.slice_offset(bt, hd, sqb, sqh) + qtok[:, None] * sqn + offs_d[None, :]
     q = tl.load(q_ptrs, mask=qvalid[:, None] & dmask[None, :], other=0.0)
 
-    # Key rectangle of this query tile, in lattice coordinates.
-    ka0, ka1 = G.partner_range(a_lo, a_hi, LY, AP0, AX0)
-    kb0, kb1 = G.partner_range(b_lo, b_hi, LX, AP1, AX1)
+    # Candidate keys of this query tile: a rectangle of its plane.
+    ka0, ka1 = G.candidate_range(a_lo, a_hi, LY, AP0, AX0)
+    kb0, kb1 = G.candidate_range(b_lo, b_hi, LX, AP1, AX1)
     KB = kb1 - kb0
     total = (ka1 - ka0) * KB
 
@@ -126,11 +126,11 @@ def attn_fwd(q, k, v, bias, geom, scale, out, lse):
     if q.numel() == 0:
         return  # nothing to compute (an empty grid is not a valid launch)
     dp = max(16, G.next_pow2(d))
-    n_lat, (LYM, LXM), TX = G.lattice_plan(geom)
+    n_planes, (LYM, LXM), TX = G.plane_plan(geom)
     AX0, AX1 = G.kind_axes(geom.kind, backward=False)
     AP0, AP1 = G.axis_params(geom, backward=False)
     has_bias = bias is not None
-    grid = lambda META: (n_lat * G.tiles_per_lattice(geom, META["BLOCK_M"]), h, B)  # noqa: E731
+    grid = lambda META: (n_planes * G.tiles_per_plane(geom, META["BLOCK_M"]), h, B)  # noqa: E731
     _launcher(grid, dp, q.element_size(),
               q, k, v, bias if has_bias else q, out, lse,
               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

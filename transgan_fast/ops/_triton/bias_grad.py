@@ -36,20 +36,23 @@ def offset_key(i, r, H, W, P0, P1, P2, P3, B1, B2, KIND: tl.constexpr):
     y = i // W
     x = i % W
     if KIND == 0:  # in-window offsets of rolled coordinates
-        ry = (y - P2 + H) % H
-        rx = (x - P3 + W) % W
+        M1, M2 = G.grid_window(P0, P1, P2, P3)
+        s1, s2 = G.grid_shift(P0, P1, P2, P3)
+        ry = (y - s1 + H) % H
+        rx = (x - s2 + W) % W
         kry = ry - dy
         krx = rx - dx
         ok = (kry >= 0) & (krx >= 0) & (kry < H) & (krx < W)
         kry = tl.where(ok, kry, 0)
         krx = tl.where(ok, krx, 0)
-        ok = ok & (kry // P0 == ry // P0) & (krx // P1 == rx // P1)
-        ky = (kry + P2) % H
-        kx = (krx + P3) % W
+        ok = ok & (kry // M1 == ry // M1) & (krx // M2 == rx // M2)
+        ky = (kry + s1) % H
+        kx = (krx + s2) % W
     else:
         if KIND == 3:  # offsets in dilation-group units
-            ky = y - dy * P2
-            kx = x - dx * P3
+            d1, d2 = G.nbhd_dilation(P0, P1, P2, P3)
+            ky = y - dy * d1
+            kx = x - dx * d2
         else:
             ky = y - dy
             kx = x - dx

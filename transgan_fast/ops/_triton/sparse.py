@@ -21,8 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..geometry import BAND, CLIP, GRID, AttnGeometry
-from ..neighbours import num_slots
+from ..geometry import AttnGeometry
+from ..neighbours import num_slots, slot_grid
 from . import _geom as G
 from . import tuning
 
@@ -37,13 +37,15 @@ def slot_key(i, s, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr):
     a = s // SB
     b = s % SB
     if KIND == 0:  # GRID: the query's window in rolled coordinates, same wrap region only
-        ry = (y - P2 + H) % H
-        rx = (x - P3 + W) % W
-        ky = (ry // P0) * P0 + a
-        kx = (rx // P1) * P1 + b
-        ok = (ky < H) & (kx < W) & ((ky >= H - P2) == (ry >= H - P2))
-        ok = ok & ((kx >= W - P3) == (rx >= W - P3))
-        key = ((ky + P2) % H) * W + (kx + P3) % W
+        M1, M2 = G.grid_window(P0, P1, P2, P3)
+        s1, s2 = G.grid_shift(P0, P1, P2, P3)
+        ry = (y - s1 + H) % H
+        rx = (x - s2 + W) % W
+        ky = (ry // M1) * M1 + a
+        kx = (rx // M2) * M2 + b
+        ok = (ky < H) & (kx < W) & ((ky >= H - s1) == (ry >= H - s1))
+        ok = ok & ((kx >= W - s2) == (rx >= W - s2))
+        key = ((ky + s1) % H) * W + (kx + s2) % W
     elif KIND == 1:  # BAND: flat keys i - w' .. i + w'
         key = i - (SB - 1) // 2 + b
         ok = (key >= 0) & (key < N)
@@ -53,8 +55,10 @@ def slot_key(i, s, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr):
         ok = (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
         key = ky * W + kx
     else:  # NBHD: NATTEN's window, never empty
-        ky = (G.nbhd_start(y, H, P0, P2) + a) * P2 + y % P2
-        kx = (G.nbhd_start(x, W, P1, P3) + b) * P3 + x % P3
+        k1, k2 = G.nbhd_kernel(P0, P1, P2, P3)
+        d1, d2 = G.nbhd_dilation(P0, P1, P2, P3)
+        ky = (G.nbhd_start(y, H, k1, d1) + a) * d1 + y % d1
+        kx = (G.nbhd_start(x, W, k2, d2) + b) * d2 + x % d2
         ok = ky >= 0
         key = ky * W + kx
     ok = ok & (s < SA * SB) & (i < N)
@@ -70,9 +74,11 @@ def key_slot(i, m, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr):
     ym = m // W
     xm = m % W
     if KIND == 0:
-        ry = (y - P2 + H) % H
-        rx = (x - P3 + W) % W
-        s = (((ym - P2 + H) % H) - (ry // P0) * P0) * SB + ((xm - P3 + W) % W) - (rx // P1) * P1
+        M1, M2 = G.grid_window(P0, P1, P2, P3)
+        s1, s2 = G.grid_shift(P0, P1, P2, P3)
+        ry = (y - s1 + H) % H
+        rx = (x - s2 + W) % W
+        s = (((ym - s1 + H) % H) - (ry // M1) * M1) * SB + ((xm - s2 + W) % W) - (rx // M2) * M2
         ok = s >= 0
     elif KIND == 1:
         s = m - i + (SB - 1) // 2
@@ -81,8 +87,10 @@ def key_slot(i, m, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr):
         s = (ym - y + (SA - 1) // 2) * SB + (xm - x + (SB - 1) // 2)
         ok = s >= 0
     else:
-        a = ym // P2 - G.nbhd_start(y, H, P0, P2)
-        b = xm // P3 - G.nbhd_start(x, W, P1, P3)
+        k1, k2 = G.nbhd_kernel(P0, P1, P2, P3)
+        d1, d2 = G.nbhd_dilation(P0, P1, P2, P3)
+        a = ym // d1 - G.nbhd_start(y, H, k1, d1)
+        b = xm // d2 - G.nbhd_start(x, W, k2, d2)
         s = a * SB + b
         ok = (a >= 0) & (a < SA) & (b >= 0) & (b < SB)
     return s, ok
@@ -94,7 +102,9 @@ def slot_part(y, x, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr, IS_KEY: tl
     (queries x keys) tile costs one subtraction per pair (`(y, x)`: map coordinates)."""
     if KIND == 0:  # in-window position of the rolled key; the query plays no part
         if IS_KEY:
-            part = (((y - P2 + H) % H) % P0) * SB + ((x - P3 + W) % W) % P1
+            M1, M2 = G.grid_window(P0, P1, P2, P3)
+            s1, s2 = G.grid_shift(P0, P1, P2, P3)
+            part = (((y - s1 + H) % H) % M1) * SB + ((x - s2 + W) % W) % M2
         else:
             part = y * 0
     elif KIND == 1:
@@ -106,10 +116,12 @@ def slot_part(y, x, H, W, SA, SB, P0, P1, P2, P3, KIND: tl.constexpr, IS_KEY: tl
         if not IS_KEY:
             part -= ((SA - 1) // 2) * SB + (SB - 1) // 2
     else:
+        k1, k2 = G.nbhd_kernel(P0, P1, P2, P3)
+        d1, d2 = G.nbhd_dilation(P0, P1, P2, P3)
         if IS_KEY:
-            part = (y // P2) * SB + x // P3
+            part = (y // d1) * SB + x // d2
         else:
-            part = G.nbhd_start(y, H, P0, P2) * SB + G.nbhd_start(x, W, P1, P3)
+            part = G.nbhd_start(y, H, k1, d1) * SB + G.nbhd_start(x, W, k2, d2)
     return part
 
 
@@ -213,8 +225,10 @@ def sparse_avt_kernel(Pr, X, Out, sxb, sxh, sxn, heads, d, H, W, SA, SB, P0, P1,
         # largest rectangle, masked per key.
         ym = tl.where(mvalid, m // W, 0)
         xm = tl.where(mvalid, m % W, 0)
-        ly, ny, gy = inverse_range(ym, H, P0, P2)
-        lx, nx, gx = inverse_range(xm, W, P1, P3)
+        k1, k2 = G.nbhd_kernel(P0, P1, P2, P3)
+        d1, d2 = G.nbhd_dilation(P0, P1, P2, P3)
+        ly, ny, gy = inverse_range(ym, H, k1, d1)
+        lx, nx, gx = inverse_range(xm, W, k2, d2)
         ny = tl.where(mvalid, ny, 0)
         CX = tl.max(nx, 0)
         total = tl.max(ny, 0) * CX
@@ -223,8 +237,8 @@ def sparse_avt_kernel(Pr, X, Out, sxb, sxh, sxn, heads, d, H, W, SA, SB, P0, P1,
             ta = t // CX
             tb = t % CX
             qok = (ta[None, :] < ny[:, None]) & (tb[None, :] < nx[:, None])
-            qi = ((ly[:, None] + ta[None, :]) * P2 + gy[:, None]) * W + \
-                (lx[:, None] + tb[None, :]) * P3 + gx[:, None]
+            qi = ((ly[:, None] + ta[None, :]) * d1 + gy[:, None]) * W + \
+                (lx[:, None] + tb[None, :]) * d2 + gx[:, None]
             acc = _avt_add(acc, qi, qok, m, Pb, Xb, sxn, c, cmask, K, H, W, SA, SB,
                            P0, P1, P2, P3, KIND)
     else:
@@ -241,21 +255,6 @@ def sparse_avt_kernel(Pr, X, Out, sxb, sxh, sxn, heads, d, H, W, SA, SB, P0, P1,
 # ----------------------------------------------------------------------------------------------
 # Host side.
 
-def slot_grid(geom: AttnGeometry):
-    """(SA, SB): rows and columns of the slot layout; SA * SB == neighbours.num_slots(geom)."""
-    H, W = geom.H, geom.W
-    if geom.kind == GRID:
-        sa, sb = geom.p[0], geom.p[1]
-    elif geom.kind == BAND:
-        sa, sb = 1, 2 * min(geom.p[0], geom.N - 1) + 1
-    elif geom.kind == CLIP:
-        sa, sb = 2 * min(geom.p[0], H - 1) + 1, 2 * min(geom.p[1], W - 1) + 1
-    else:
-        sa, sb = geom.p[0], geom.p[1]
-    assert sa * sb == num_slots(geom)
-    return sa, sb
-
-
 # GPU (BLOCK_M, BLOCK_S, BLOCK_D) per kernel: 2048-element gathered tiles on 4 warps. Twice that
 # spills on sm_80 (the 3-D pointer tiles are 64-bit); `scripts/triton_aot_check.py` compiles these.
 GPU_BLOCKS = {"qk": (16, 16, 8), "av": (16, 8, 16), "avt": (16, 8, 16)}
@@ -270,7 +269,7 @@ def _blocks(op: str, K: int, d: int):
 
 def _geo_args(geom: AttnGeometry):
     sa, sb = slot_grid(geom)
-    return (geom.H, geom.W, sa, sb, *geom.p)
+    return (geom.H, geom.W, sa, sb, *geom.p)  # the packed parameters (P0..P3, see _geom.py)
 
 
 def _s3(t):
