@@ -20,11 +20,14 @@
 //     candidate keys (tile_candidates):
 //       GRID  up to TQ tokens of one window (rolled row-major order); candidates: the window.
 //       BAND  TQ consecutive tokens [i0, i1); candidates [i0 - w, i1 + w) clipped to [0, N).
-//       CLIP  TQ consecutive tokens of one map row; candidates: rows y-r1..y+r1 x cols
-//             x0-r2..x1+r2.
-//       NBHD  TQ tokens of one row and one column-dilation group, consecutive in group index;
-//             candidates: the k1 neighbourhood rows x the union of the tile's column
-//             neighbourhoods.
+//       CLIP  a list_tile_rows x list_tile_cols rectangle of the map (near-square: 2x4 for TQ 8,
+//             4x4 for 16); candidates: that rectangle grown by (r1, r2), clipped to the map
+//             (candidate_keys of the rect tiling).
+//       NBHD  the same rectangle shape on the plane of one dilation group (group coordinates);
+//             candidates: per axis, the union of the tile's neighbourhoods, start(first) ..
+//             start(last) + k - 1 in group units.
+//     A 2-D tile sees about half of its candidates at 7x7 (4x4 tile: 49 of 100), where a row
+//     of 16 sees a third (49 of 154), so it holds more queries per gathered key.
 //     Tiles partition the queries exactly (some tiles of partial windows are empty). Inside a
 //     tile the exact per-pair rule is meta_visible on QueryMeta/KeyMeta, which together with the
 //     candidate set is equivalent to visible() in geometry.h.
@@ -185,6 +188,48 @@ TGF_HD int nbhd_group_len(const Geom& g, int axis, int grp) {
   return cdiv(map_len(g, axis) - grp, nbhd_dilation(g, axis));
 }
 
+// CLIP and NBHD list tiles: the plane (the map for CLIP, one dilation group for NBHD), its
+// largest extent, and the tile shape: near-square, list_tile_rows x list_tile_cols <= TQ.
+TGF_HD int list_plane_count(const Geom& g) {
+  return g.kind == NBHD ? nbhd_dilation(g, Y_AXIS) * nbhd_dilation(g, X_AXIS) : 1;
+}
+TGF_HD int list_plane_len(const Geom& g, int axis) {
+  return g.kind == NBHD ? cdiv(map_len(g, axis), nbhd_dilation(g, axis)) : map_len(g, axis);
+}
+TGF_HD int list_tile_cols(const Geom& g, int TQ) {
+  int c = 1;
+  while (c * c < TQ) c *= 2;
+  return imin(c, imin(TQ, list_plane_len(g, X_AXIS)));
+}
+TGF_HD int list_tile_rows(const Geom& g, int TQ) { return imax(1, TQ / list_tile_cols(g, TQ)); }
+TGF_HD int list_tiles_per_plane(const Geom& g, int TQ) {
+  return cdiv(list_plane_len(g, Y_AXIS), list_tile_rows(g, TQ)) *
+         cdiv(list_plane_len(g, X_AXIS), list_tile_cols(g, TQ));
+}
+
+// CLIP / NBHD tile t: its plane's dilation group (gy, gx) ((0, 0) for CLIP) and its rectangle in
+// plane coordinates, clipped to the plane (empty when the plane is shorter than the largest).
+struct PlaneTile {
+  int gy, gx;
+  Rect r;
+};
+TGF_HD PlaneTile list_plane_tile(const Geom& g, int TQ, int t) {
+  const int per = list_tiles_per_plane(g, TQ), pl = t / per, u = t % per;
+  const int tr = list_tile_rows(g, TQ), tc = list_tile_cols(g, TQ);
+  const int ntx = cdiv(list_plane_len(g, X_AXIS), tc);
+  PlaneTile p{0, 0, Rect{(u / ntx) * tr, (u % ntx) * tc, 0, 0}};
+  int ly = g.H, lx = g.W;
+  if (g.kind == NBHD) {
+    p.gy = pl / nbhd_dilation(g, X_AXIS);
+    p.gx = pl % nbhd_dilation(g, X_AXIS);
+    ly = nbhd_group_len(g, Y_AXIS, p.gy);
+    lx = nbhd_group_len(g, X_AXIS, p.gx);
+  }
+  p.r.rows = imax(0, imin(tr, ly - p.r.y0));
+  p.r.cols = imax(0, imin(tc, lx - p.r.x0));
+  return p;
+}
+
 // Number of tiles of the geometry for tile size TQ.
 TGF_HD int tile_count(const Geom& g, int TQ) {
   switch (g.kind) {
@@ -192,11 +237,7 @@ TGF_HD int tile_count(const Geom& g, int TQ) {
       return grid_window_count(g, Y_AXIS) * grid_window_count(g, X_AXIS) *
              cdiv(grid_window_area(g), TQ);
     case BAND: return cdiv(g.H * g.W, TQ);
-    case CLIP: return g.H * cdiv(g.W, TQ);
-    default: {  // NBHD
-      const int d2 = nbhd_dilation(g, X_AXIS);
-      return g.H * d2 * cdiv(cdiv(g.W, d2), TQ);
-    }
+    default: return list_plane_count(g) * list_tiles_per_plane(g, TQ);  // CLIP, NBHD
   }
 }
 
@@ -206,10 +247,11 @@ TGF_HD int tile_max_candidates(const Geom& g, int TQ) {
     case GRID: return grid_window_area(g);
     case BAND: return imin(g.H * g.W, TQ + 2 * band_width(g));
     case CLIP:
-      return imin(2 * clip_radius(g, Y_AXIS) + 1, g.H) * imin(TQ + 2 * clip_radius(g, X_AXIS), g.W);
+      return imin(list_tile_rows(g, TQ) + 2 * clip_radius(g, Y_AXIS), g.H) *
+             imin(list_tile_cols(g, TQ) + 2 * clip_radius(g, X_AXIS), g.W);
     default:
-      return nbhd_kernel(g, Y_AXIS) *
-             imin(TQ + nbhd_kernel(g, X_AXIS) - 1, cdiv(g.W, nbhd_dilation(g, X_AXIS)));
+      return imin(list_tile_rows(g, TQ) + nbhd_kernel(g, Y_AXIS) - 1, list_plane_len(g, Y_AXIS)) *
+             imin(list_tile_cols(g, TQ) + nbhd_kernel(g, X_AXIS) - 1, list_plane_len(g, X_AXIS));
   }
 }
 
@@ -254,17 +296,12 @@ TGF_HD int tile_queries(const Geom& g, int TQ, int t, int* q) {
       for (int i = t * TQ; i < i1; ++i) q[n++] = i;
       return n;
     }
-    case CLIP: {
-      const int chunks = cdiv(g.W, TQ), y = t / chunks, x0 = (t % chunks) * TQ;
-      const int x1 = imin(x0 + TQ, g.W);
-      for (int x = x0; x < x1; ++x) q[n++] = y * g.W + x;
-      return n;
-    }
-    default: {  // NBHD
-      const int d2 = nbhd_dilation(g, X_AXIS), chunks = cdiv(cdiv(g.W, d2), TQ);
-      const int y = t / (d2 * chunks), r = t % (d2 * chunks), gx = r / chunks, c = r % chunks;
-      const int i1 = imin((c + 1) * TQ, nbhd_group_len(g, X_AXIS, gx));
-      for (int i = c * TQ; i < i1; ++i) q[n++] = y * g.W + i * d2 + gx;
+    default: {  // CLIP, NBHD: a rectangle of the plane, row-major
+      const PlaneTile p = list_plane_tile(g, TQ, t);
+      const int d1 = g.kind == NBHD ? nbhd_dilation(g, Y_AXIS) : 1;
+      const int d2 = g.kind == NBHD ? nbhd_dilation(g, X_AXIS) : 1;
+      for (int a = p.r.y0; a < p.r.y0 + p.r.rows; ++a)
+        for (int b = p.r.x0; b < p.r.x0 + p.r.cols; ++b) q[n++] = (a * d1 + p.gy) * g.W + b * d2 + p.gx;
       return n;
     }
   }
@@ -288,25 +325,19 @@ TGF_HD int tile_candidates(const Geom& g, int TQ, int t, const int* q, int nq, i
       for (int j = j0; j < j1; ++j) k[n++] = j;
       return n;
     }
-    case CLIP: {
-      const int y = q[0] / g.W, xa = q[0] % g.W, xb = q[nq - 1] % g.W;
-      const int r1 = clip_radius(g, Y_AXIS), r2 = clip_radius(g, X_AXIS);
-      const int y0 = imax(y - r1, 0), y1 = imin(y + r1, g.H - 1);
-      const int x0 = imax(xa - r2, 0), x1 = imin(xb + r2, g.W - 1);
-      for (int yy = y0; yy <= y1; ++yy)
-        for (int x = x0; x <= x1; ++x) k[n++] = yy * g.W + x;
+    case CLIP: {  // the tile's rectangle grown by the radii: the rect tiling's candidate_keys
+      const Rect c = candidate_keys(g, list_plane_tile(g, TQ, t).r);
+      for (int i = 0; i < rect_size(c); ++i) k[n++] = rect_token(c, g.W, i);
       return n;
     }
-    default: {  // NBHD
+    default: {  // NBHD: per axis, start(first) .. start(last) + k - 1 of the tile's group
       const int d1 = nbhd_dilation(g, Y_AXIS), d2 = nbhd_dilation(g, X_AXIS);
-      const int k1 = nbhd_kernel(g, Y_AXIS), k2 = nbhd_kernel(g, X_AXIS);
-      const int y = q[0] / g.W, xa = q[0] % g.W, xb = q[nq - 1] % g.W, gy = y % d1, gx = xa % d2;
-      const int sy = nbhd_start(g, Y_AXIS, y);
+      const int ya = q[0] / g.W, xa = q[0] % g.W, yb = q[nq - 1] / g.W, xb = q[nq - 1] % g.W;
+      const int sya = nbhd_start(g, Y_AXIS, ya), syb = nbhd_start(g, Y_AXIS, yb);
       const int sxa = nbhd_start(g, X_AXIS, xa), sxb = nbhd_start(g, X_AXIS, xb);
-      for (int ty = 0; ty < k1; ++ty) {
-        const int yy = (sy + ty) * d1 + gy;
-        for (int ix = sxa; ix < sxb + k2; ++ix) k[n++] = yy * g.W + ix * d2 + gx;
-      }
+      for (int iy = sya; iy < syb + nbhd_kernel(g, Y_AXIS); ++iy)
+        for (int ix = sxa; ix < sxb + nbhd_kernel(g, X_AXIS); ++ix)
+          k[n++] = (iy * d1 + ya % d1) * g.W + ix * d2 + xa % d2;
       return n;
     }
   }

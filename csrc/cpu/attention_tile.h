@@ -54,8 +54,9 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
 
 inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
 
-// Query tile size per geometry kind: row tiles of the local kinds stay short so that the
-// candidate set (TQ + k - 1 columns) is not dominated by masked keys.
+// Query tile size per geometry kind: the local kinds' 2-D tiles (2x4 for 8, 4x4 for 16; see
+// common/tiles.h) stay small so that the candidate set (tile grown by k - 1 per axis) is not
+// dominated by masked keys.
 inline int tile_size(const Geom& g) {
   switch (g.kind) {
     case CLIP: return 8;
