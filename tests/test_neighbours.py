@@ -58,3 +58,19 @@ def test_empty_slots_never_read_nonfinite_values():
     assert torch.equal(o[0, 0].isnan().any(-1), sees0)
     s = nb.sparse_qk_ref(v, v, keys)
     assert not s[0, 0, ~sees0 & (torch.arange(N) != 0)].isnan().any()
+
+
+def test_geometry_accessors_name_each_parameter_of_its_kind_only():
+    """AttnGeometry's named parameters read the packed `p` by kind (the same names as geometry.h
+    and the Triton kernels); asking a geometry for another kind's parameter is an error."""
+    g = G.grid_geometry((8, 9), (4, 3), (1, 2))
+    assert (g.grid_window, g.grid_shift) == ((4, 3), (1, 2))
+    assert G.local_geometry((5, 7), "band1d", width=3).band_width == 3
+    assert G.local_geometry((6, 7), kernel_size=(3, 5)).clip_radius == (1, 2)
+    n = G.local_geometry((8, 9), kernel_size=(3, 2), border="shift", dilation=(2, 3))
+    assert (n.nbhd_kernel, n.nbhd_dilation) == ((3, 2), (2, 3))
+    assert nb.slot_grid(n) == (3, 2) and nb.slot_grid(g) == (4, 3)
+    with pytest.raises(ValueError, match="grid_window is a grid parameter; this geometry is window2d-shift"):
+        n.grid_window
+    with pytest.raises(ValueError, match="nbhd_dilation is a window2d-shift parameter"):
+        g.nbhd_dilation
