@@ -32,7 +32,7 @@ TGF_CVT_INLINE float f16_to_f32_portable(uint16_t h) {
   const uint32_t em = h & 0x7fffu;
   uint32_t o;
   if (em >= 0x7c00u) {
-    o = (em << 13) | 0x7f800000u;  // Inf / NaN (payload kept)
+    o = (em << 13) | 0x7f800000u | (em > 0x7c00u ? 0x00400000u : 0u);  // Inf; NaN made quiet
   } else if (em >= 0x0400u) {
     o = (em << 13) + ((127u - 15u) << 23);  // normal
   } else {
