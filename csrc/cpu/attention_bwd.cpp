@@ -138,8 +138,7 @@ TGF_ISA_DISPATCH_T(bwd_tile, bwd_tile_body<T>,
 // Writes accumulated rows (N x dp) into a strided (N, d) output, rounded to T.
 template <typename T>
 void store_rows(const float* acc, int N, int d, int dp, T* out, int64_t sn) {
-  for (int n = 0; n < N; ++n)
-    for (int cc = 0; cc < d; ++cc) out[n * sn + cc] = from_f32<T>(acc[static_cast<size_t>(n) * dp + cc]);
+  for (int n = 0; n < N; ++n) store_row(acc + static_cast<size_t>(n) * dp, out + n * sn, d);
 }
 
 TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, ti))

@@ -317,8 +317,7 @@ TGF_KERNEL_INLINE void row_ptrs(const T* src, int64_t sn, const int* idx, int n,
       }
     }
     float* o = buf + static_cast<size_t>(j) * dp;
-#pragma omp simd
-    for (int c = 0; c < d; ++c) o[c] = to_f32(s[c]);
+    load_row(s, o, d);
     for (int c = d; c < dp; ++c) o[c] = 0.f;
     rows[j] = o;
   }
@@ -328,12 +327,7 @@ TGF_KERNEL_INLINE void row_ptrs(const T* src, int64_t sn, const int* idx, int n,
 template <typename T>
 TGF_KERNEL_INLINE void store_rows_as(const float* const* src, int n, int d, T* dst, int64_t sn,
                                      const int* idx) {
-  for (int j = 0; j < n; ++j) {
-    T* o = dst + idx[j] * sn;
-    const float* s = src[j];
-#pragma omp simd
-    for (int c = 0; c < d; ++c) o[c] = from_f32<T>(s[c]);
-  }
+  for (int j = 0; j < n; ++j) store_row(src[j], dst + idx[j] * sn, d);
 }
 
 

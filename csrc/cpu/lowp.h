@@ -13,7 +13,11 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include "cpu/platform.h"
+#if TGF_X86_MULTIVERSION
+#include <immintrin.h>
+#endif
 
 namespace tgf {
 
@@ -85,6 +89,51 @@ template <> TGF_CVT_SPEC f16 from_f32<f16>(float x) {
 #else
   return f16{f32_to_f16_portable(x)};
 #endif
+}
+
+// Whole rows: n values of T <-> float32. float16 rows use F16C's 8-wide conversions where the CPU
+// has them (GCC does not vectorize _Float16 conversions), checked once at run time; bfloat16
+// rows vectorize as written.
+#if TGF_X86_MULTIVERSION
+__attribute__((target("avx,f16c"))) inline void f16_row_f16c(const f16* s, float* o, int n) {
+  int c = 0;
+  for (; c + 8 <= n; c += 8)
+    _mm256_storeu_ps(o + c, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + c))));
+  for (; c < n; ++c) o[c] = _cvtsh_ss(s[c].bits);
+}
+__attribute__((target("avx,f16c"))) inline void f16_store_f16c(const float* s, f16* o, int n) {
+  int c = 0;
+  for (; c + 8 <= n; c += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + c),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(s + c), _MM_FROUND_TO_NEAREST_INT));
+  for (; c < n; ++c) o[c].bits = _cvtss_sh(s[c], _MM_FROUND_TO_NEAREST_INT);
+}
+inline bool cpu_has_f16c() {
+  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  return yes;
+}
+#endif
+
+template <typename T>
+TGF_CVT_SPEC void load_row(const T* s, float* o, int n) {
+#if TGF_X86_MULTIVERSION
+  if constexpr (std::is_same_v<T, f16>) {
+    if (cpu_has_f16c()) return f16_row_f16c(s, o, n);
+  }
+#endif
+#pragma omp simd
+  for (int c = 0; c < n; ++c) o[c] = to_f32(s[c]);
+}
+
+template <typename T>
+TGF_CVT_SPEC void store_row(const float* s, T* o, int n) {
+#if TGF_X86_MULTIVERSION
+  if constexpr (std::is_same_v<T, f16>) {
+    if (cpu_has_f16c()) return f16_store_f16c(s, o, n);
+  }
+#endif
+#pragma omp simd
+  for (int c = 0; c < n; ++c) o[c] = from_f32<T>(s[c]);
 }
 
 // For tests: how many of the 65536 float16 values, and of a sweep of float32 values, the portable
