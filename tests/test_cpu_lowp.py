@@ -270,3 +270,32 @@ def test_autocast_leaves_float64_alone():
         out = attention(q, q, q, geom)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, attention_ref(q, q, q, geom))
+
+
+@pytest.mark.parametrize("window", [None, 4], ids=["global", "grid4"])
+def test_autocast_layer_gradient_penalty(window, no_reference):
+    """An attention layer under CPU bfloat16 autocast, through a WGAN-GP style penalty
+    (create_graph): every attention call runs the fused kernels and the gradients are finite."""
+    from transgan_fast.nn.attention import Attention
+    layer = Attention(16, (8, 8), heads=2, window=window)
+    x = torch.randn(2, 64, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        g, = torch.autograd.grad(out.float().sum(), x, create_graph=True)
+        ((g.flatten(1).norm(dim=1) - 1) ** 2).mean().backward()
+    assert out.dtype == torch.bfloat16
+    # (proj.bias has no second-order path to the penalty: its gradient stays None)
+    for name in ("rel_bias", "qkv.weight", "proj.weight"):
+        gr = layer.get_parameter(name).grad
+        assert gr is not None and torch.isfinite(gr).all() and gr.abs().max() > 0, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_opcheck(dtype):
+    geom = grid_geometry((6, 6), (3, 3))
+    q, k, v = (torch.randn(1, 2, geom.N, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    rb = torch.randn(geom.bias_rows, 2, requires_grad=True)
+    torch.library.opcheck(torch.ops.transgan_fast.attn_fwd.default,
+                          (q, k, v, rb, geom.as_list(), 8 ** -0.5, "cpu"))
+    x = torch.randn(2, 16, 8, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.transgan_fast.bicubic_upsample_seq.default, (x, 4, 4, "cpu"))
