@@ -6,8 +6,11 @@ against the float64 reference on the benchmark's own inputs before it is timed, 
 useful GFLOP/s (attended pairs only; forward+backward counts 3.5x the forward's
 4*B*heads*pairs*d, the usual flash-attention convention). A memory group runs local and grid attention on a 128x128
 map in subprocesses and records their peak extra RSS (Linux VmHWM after a reset) (O(N) for `cpu`, an N x N buffer for the
-dense reference). Run: `pytest benchmarks/bench_cpu_attention.py --benchmark-only`
-(`TGF_BENCH_QUICK=1`: small cases, SDPA as the only peer, memory on a 32x32 map).
+dense reference). Reduced-precision groups (`lowp-...`) time bfloat16 and float16 on the same
+case: the `cpu` kernels beside the `cpu` float32 kernel, SDPA with a mask and compiled
+FlexAttention in the same dtype. Run: `pytest benchmarks/bench_cpu_attention.py --benchmark-only`
+(`TGF_BENCH_QUICK=1`: small cases, SDPA as the only peer, memory on a 32x32 map, reduced precision
+on the smallest case: torch's bfloat16 matmul is slow on CPUs without native bfloat16).
 """
 from __future__ import annotations
 
@@ -48,6 +51,16 @@ if QUICK:  # smoke run: every code path once, small maps; FlexAttention compiles
         ("quick-grid4-10x10-d8-bias", grid_geometry((10, 10), (4, 4)), 1, 2, 8, True, ()),
         ("quick-global-8x8-d8-bias", grid_geometry((8, 8), (8, 8)), 2, 2, 8, True, ("sdpa",)),
     ]
+# Reduced precision: (case as above, dtypes). Local 7x7 on 64x64 at batch 4 is the issue's case.
+LOWP_CASES = [
+    ("local7x7-64x64-d32-b4", local_geometry((64, 64), "window2d", (7, 7), "clip"), 4, 4, 32, False,
+     ("sdpa", "flex")),
+]
+if QUICK:
+    LOWP_CASES = [CASES[0]]
+LOWP_DTYPES = (torch.bfloat16, torch.float16)
+# Forward parity against the float64 reference (inputs rounded to the dtype first); gradients 5x.
+LOWP_TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 IMPLS = ("cpu", "ref", "sdpa", "flex", "natten")
 _ref_cache = {}
 
@@ -123,6 +136,65 @@ def test_forward_backward(benchmark, case, impl):
         check_parity(a, b, tol=1e-4, what=f"d{what}")
     record(benchmark, f"fwdbwd-{name}", step, flops=3.5 * useful_flops(geom, B, h, d),
            rounds=_rounds(impl, geom), impl=impl)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduced precision: bfloat16 / float16 beside our float32 kernel on the same case.
+
+def _lowp_params():
+    for c in LOWP_CASES:
+        yield pytest.param(c, torch.float32, "cpu", id=f"{c[0]}-cpu-float32")
+        for dt in LOWP_DTYPES:
+            for impl in ("cpu",) + tuple(i for i in ("sdpa", "flex") if i in c[6]):
+                yield pytest.param(c, dt, impl, id=f"{c[0]}-{impl}-{str(dt)[6:]}")
+
+
+def _lowp_run(benchmark, case, dtype, impl, backward):
+    name, geom, B, h, d, bias, _ = case
+    fn = _impl(case, impl)
+    (q, k, v, rb, do), ref, ref_grads = _inputs(case)
+    q, k, v, do = (t.to(dtype) for t in (q, k, v, do))
+    tol = LOWP_TOL[dtype]
+    if not backward:
+        with torch.no_grad():
+            try:
+                out = fn(q, k, v)
+            except Exception as exc:  # compiled FlexAttention may lack a CPU kernel for the dtype
+                if impl != "flex":
+                    raise
+                pytest.skip(f"flex {dtype} on CPU failed: {type(exc).__name__}: {str(exc)[:200]}")
+            assert out.dtype == dtype
+            check_parity(out, ref, tol=tol)
+            record_fn = lambda: fn(q, k, v)  # noqa: E731
+    else:
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+        def record_fn():
+            return torch.autograd.grad(fn(*leaves), leaves, do)
+
+        try:
+            grads = record_fn()
+        except Exception as exc:
+            if impl != "flex":
+                raise
+            pytest.skip(f"flex {dtype} backward on CPU failed: {type(exc).__name__}: {str(exc)[:200]}")
+        for what, a, b in zip("qkv", grads, ref_grads):
+            check_parity(a, b, tol=5 * tol, what=f"d{what}")
+    group = f"lowp-{'fwdbwd' if backward else 'fwd'}-{name}"
+    flops = useful_flops(geom, B, h, d) * (3.5 if backward else 1.0)
+    with torch.no_grad() if not backward else torch.enable_grad():
+        record(benchmark, group, record_fn, flops=flops, rounds=_rounds(impl, geom),
+               impl=f"{impl}-{str(dtype)[6:]}", dtype=str(dtype)[6:])
+
+
+@pytest.mark.parametrize("case,dtype,impl", list(_lowp_params()))
+def test_lowp_forward(benchmark, case, dtype, impl):
+    _lowp_run(benchmark, case, dtype, impl, backward=False)
+
+
+@pytest.mark.parametrize("case,dtype,impl", list(_lowp_params()))
+def test_lowp_forward_backward(benchmark, case, dtype, impl):
+    _lowp_run(benchmark, case, dtype, impl, backward=True)
 
 
 def _rounds(impl, geom):

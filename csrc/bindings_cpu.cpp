@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <cstdint>
+#include <string>
 #include "common/geometry.h"
 #include "common/neighbours.h"
 #include "common/tiles.h"
@@ -14,12 +15,94 @@ template <typename T>
 static T* P(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 // A view as [data_ptr, stride(0), stride(1), stride(2)] (element strides of (B, h, N, d)).
-static tgf::View V(const std::vector<int64_t>& t) {
-  return tgf::View{reinterpret_cast<float*>(static_cast<uintptr_t>(t[0])), t[1], t[2], t[3]};
+template <typename T>
+static tgf::View<T> V(const std::vector<int64_t>& t) {
+  return tgf::View<T>{reinterpret_cast<T*>(static_cast<uintptr_t>(t[0])), t[1], t[2], t[3]};
 }
 
 static tgf::Geom G(const std::vector<int>& g) {
   return tgf::geom_from_list(g.data());
+}
+
+// The kernels of one storage type T, named `<kernel><suffix>` (suffix _f32, _bf16, _f16).
+template <typename T>
+static void def_kernels(py::module_& m, const std::string& sfx) {
+  auto name = [&sfx](const char* base) { return std::string(base) + sfx; };
+  m.def(name("pixel_shuffle_seq").c_str(),
+        [](uintptr_t x, uintptr_t pos, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C,
+           int64_t sxb, int64_t sxn, int64_t spb, int threads) {
+          py::gil_scoped_release nogil;
+          tgf::pixel_shuffle_seq<T>(P<const T>(x), P<const T>(pos), P<T>(out), B, H, W, C, sxb, sxn,
+                                    spb, threads);
+        });
+  m.def(name("pixel_unshuffle_seq").c_str(),
+        [](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C, int64_t sxb,
+           int64_t sxn, int threads) {
+          py::gil_scoped_release nogil;
+          tgf::pixel_unshuffle_seq<T>(P<const T>(x), P<T>(out), B, H, W, C, sxb, sxn, threads);
+        });
+
+  m.def(name("attn_fwd").c_str(),
+        [](std::vector<int64_t> q, std::vector<int64_t> k, std::vector<int64_t> v,
+           std::vector<int64_t> out, uintptr_t lse, uintptr_t bias, int bias_rows, int B, int heads,
+           int N, int d, std::vector<int> geom, float scale, int threads) {
+          tgf::AttnFwdArgs<T> a{V<T>(q), V<T>(k), V<T>(v), V<T>(out), P<float>(lse),
+                                P<const float>(bias), bias_rows, B, heads, N, d, G(geom), scale,
+                                threads};
+          py::gil_scoped_release nogil;
+          tgf::attn_fwd<T>(a);
+        });
+  m.def(name("attn_bwd").c_str(),
+        [](std::vector<int64_t> q, std::vector<int64_t> k, std::vector<int64_t> v,
+           std::vector<int64_t> out, std::vector<int64_t> dout, std::vector<int64_t> dq,
+           std::vector<int64_t> dk, std::vector<int64_t> dv, uintptr_t lse, uintptr_t bias,
+           uintptr_t dbias, int bias_rows, int B, int heads, int N, int d, std::vector<int> geom,
+           float scale, int threads) {
+          tgf::AttnBwdArgs<T> a{V<T>(q), V<T>(k), V<T>(v), V<T>(out), V<T>(dout), V<T>(dq),
+                                V<T>(dk), V<T>(dv), P<const float>(lse), P<const float>(bias),
+                                P<float>(dbias), bias_rows, B, heads, N, d, G(geom), scale, threads};
+          py::gil_scoped_release nogil;
+          tgf::attn_bwd<T>(a);
+        });
+
+  // Sparse-logit primitives: x, y, out as views (empty list: unused), p the (B, h, N, K) slots.
+  auto sparse_op = [&m, &name](const char* base, void (*fn)(const tgf::SparseArgs<T>&)) {
+    m.def(name(base).c_str(), [fn](std::vector<int64_t> x, std::vector<int64_t> y,
+                                   std::vector<int64_t> out, uintptr_t p, int B, int heads, int N,
+                                   int d, std::vector<int> geom, int threads) {
+      const tgf::View<T> none{nullptr, 0, 0, 0};
+      tgf::SparseArgs<T> a{x.empty() ? none : V<T>(x), y.empty() ? none : V<T>(y),
+                           out.empty() ? none : V<T>(out), P<T>(p), B, heads, N, d, G(geom), threads};
+      py::gil_scoped_release nogil;
+      fn(a);
+    });
+  };
+  sparse_op("sparse_qk", tgf::sparse_qk<T>);
+  sparse_op("sparse_av", tgf::sparse_av<T>);
+  sparse_op("sparse_avt", tgf::sparse_avt<T>);
+
+  // Resampling on contiguous (B, N, C) maps; H, W follow the `_library` convention of each op.
+  using MapFn = void (*)(const T*, T*, int64_t, int64_t, int64_t, int64_t, int);
+  auto map_op = [&m, &name](const char* base, MapFn fn) {
+    m.def(name(base).c_str(), [fn](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W,
+                                   int64_t C, int threads) {
+      py::gil_scoped_release nogil;
+      fn(P<const T>(x), P<T>(out), B, H, W, C, threads);
+    });
+  };
+  map_op("bicubic_upsample_seq", tgf::bicubic_upsample_seq<T>);
+  map_op("bicubic_upsample_seq_adjoint", tgf::bicubic_upsample_seq_adjoint<T>);
+  map_op("avg_pool_seq", tgf::avg_pool_seq<T>);
+  map_op("avg_pool_seq_adjoint", tgf::avg_pool_seq_adjoint<T>);
+  m.def(name("pixel_norm").c_str(), [](uintptr_t x, uintptr_t out, int64_t rows, int64_t C, int threads) {
+    py::gil_scoped_release nogil;
+    tgf::pixel_norm<T>(P<const T>(x), P<T>(out), rows, C, threads);
+  });
+  m.def(name("pixel_norm_backward").c_str(),
+        [](uintptr_t x, uintptr_t g, uintptr_t out, int64_t rows, int64_t C, int threads) {
+          py::gil_scoped_release nogil;
+          tgf::pixel_norm_backward<T>(P<const T>(x), P<const T>(g), P<T>(out), rows, C, threads);
+        });
 }
 
 PYBIND11_MODULE(_C_cpu, m) {
@@ -34,56 +117,10 @@ PYBIND11_MODULE(_C_cpu, m) {
     return d;
   });
 
-  m.def("pixel_shuffle_seq_f32",
-        [](uintptr_t x, uintptr_t pos, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C,
-           int64_t sxb, int64_t sxn, int64_t spb, int threads) {
-          py::gil_scoped_release nogil;
-          tgf::pixel_shuffle_seq_f32(P<const float>(x), P<const float>(pos), P<float>(out), B, H, W,
-                                     C, sxb, sxn, spb, threads);
-        });
-  m.def("pixel_unshuffle_seq_f32",
-        [](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C, int64_t sxb,
-           int64_t sxn, int threads) {
-          py::gil_scoped_release nogil;
-          tgf::pixel_unshuffle_seq_f32(P<const float>(x), P<float>(out), B, H, W, C, sxb, sxn, threads);
-        });
-
-  m.def("attn_fwd_f32",
-        [](std::vector<int64_t> q, std::vector<int64_t> k, std::vector<int64_t> v,
-           std::vector<int64_t> out, uintptr_t lse, uintptr_t bias, int bias_rows, int B, int heads,
-           int N, int d, std::vector<int> geom, float scale, int threads) {
-          tgf::AttnFwdArgs a{V(q), V(k), V(v), V(out), P<float>(lse), P<const float>(bias),
-                             bias_rows, B, heads, N, d, G(geom), scale, threads};
-          py::gil_scoped_release nogil;
-          tgf::attn_fwd_f32(a);
-        });
-  m.def("attn_bwd_f32",
-        [](std::vector<int64_t> q, std::vector<int64_t> k, std::vector<int64_t> v,
-           std::vector<int64_t> out, std::vector<int64_t> dout, std::vector<int64_t> dq,
-           std::vector<int64_t> dk, std::vector<int64_t> dv, uintptr_t lse, uintptr_t bias,
-           uintptr_t dbias, int bias_rows, int B, int heads, int N, int d, std::vector<int> geom,
-           float scale, int threads) {
-          tgf::AttnBwdArgs a{V(q), V(k), V(v), V(out), V(dout), V(dq), V(dk), V(dv),
-                             P<const float>(lse), P<const float>(bias), P<float>(dbias),
-                             bias_rows, B, heads, N, d, G(geom), scale, threads};
-          py::gil_scoped_release nogil;
-          tgf::attn_bwd_f32(a);
-        });
-
-  // Sparse-logit primitives: x, y, out as views (empty list: unused), p the (B, h, N, K) slots.
-  auto sparse_op = [&m](const char* name, void (*fn)(const tgf::SparseArgs&)) {
-    m.def(name, [fn](std::vector<int64_t> x, std::vector<int64_t> y, std::vector<int64_t> out,
-                     uintptr_t p, int B, int heads, int N, int d, std::vector<int> geom, int threads) {
-      const tgf::View none{nullptr, 0, 0, 0};
-      tgf::SparseArgs a{x.empty() ? none : V(x), y.empty() ? none : V(y), out.empty() ? none : V(out),
-                        P<float>(p), B, heads, N, d, G(geom), threads};
-      py::gil_scoped_release nogil;
-      fn(a);
-    });
-  };
-  sparse_op("sparse_qk_f32", tgf::sparse_qk_f32);
-  sparse_op("sparse_av_f32", tgf::sparse_av_f32);
-  sparse_op("sparse_avt_f32", tgf::sparse_avt_f32);
+  m.def("f16_portable_mismatches", &tgf::f16_portable_mismatches);
+  def_kernels<float>(m, "_f32");
+  def_kernels<tgf::bf16>(m, "_bf16");
+  def_kernels<tgf::f16>(m, "_f16");
   // The slot table of common/neighbours.h (row-major N x K), for tests against neighbours.py.
   m.def("neighbour_keys", [](std::vector<int> g) {
     const tgf::Geom G_ = G(g);
@@ -93,30 +130,6 @@ PYBIND11_MODULE(_C_cpu, m) {
       for (int s = 0; s < K; ++s) t[static_cast<size_t>(i) * K + s] = tgf::slot_key(G_, i, s);
     return t;
   });
-
-  // Resampling on contiguous (B, N, C) maps; H, W follow the `_library` convention of each op.
-  auto map_op = [&m](const char* name, void (*fn)(const float*, float*, int64_t, int64_t, int64_t,
-                                                   int64_t, int)) {
-    m.def(name, [fn](uintptr_t x, uintptr_t out, int64_t B, int64_t H, int64_t W, int64_t C,
-                     int threads) {
-      py::gil_scoped_release nogil;
-      fn(P<const float>(x), P<float>(out), B, H, W, C, threads);
-    });
-  };
-  map_op("bicubic_upsample_seq_f32", tgf::bicubic_upsample_seq_f32);
-  map_op("bicubic_upsample_seq_adjoint_f32", tgf::bicubic_upsample_seq_adjoint_f32);
-  map_op("avg_pool_seq_f32", tgf::avg_pool_seq_f32);
-  map_op("avg_pool_seq_adjoint_f32", tgf::avg_pool_seq_adjoint_f32);
-  m.def("pixel_norm_f32", [](uintptr_t x, uintptr_t out, int64_t T, int64_t C, int threads) {
-    py::gil_scoped_release nogil;
-    tgf::pixel_norm_f32(P<const float>(x), P<float>(out), T, C, threads);
-  });
-  m.def("pixel_norm_backward_f32",
-        [](uintptr_t x, uintptr_t g, uintptr_t out, int64_t T, int64_t C, int threads) {
-          py::gil_scoped_release nogil;
-          tgf::pixel_norm_backward_f32(P<const float>(x), P<const float>(g), P<float>(out), T, C,
-                                       threads);
-        });
 
   // Index math exposed for tests (the same header the CUDA kernels compile): for every
   // (query, key) pair, the bias row if the key is visible, else -1; row-major N x N.

@@ -89,7 +89,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.transgan_fast.pixel_norm.default, (x, "cpu"))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float64])
 def test_unsupported_dtype_is_a_clear_error(dtype):
     x = torch.randn(1, 16, 4, dtype=dtype)
     for call in (lambda: bicubic_upsample_seq(x, (4, 4), backend="cpu"),

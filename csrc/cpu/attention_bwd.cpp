@@ -1,4 +1,5 @@
-// Fused masked attention backward on the CPU (float32).
+// Fused masked attention backward on the CPU: float32, bfloat16 or float16 tensors (the
+// template's T), computed in float32 with float32 accumulators (cpu/lowp.h).
 //
 // Per tile the probabilities are recomputed from the saved log-sum-exp, then
 //   dP = dO V^T,  D_i = rowsum(dO * O),  dS = P (dP - D),
@@ -20,6 +21,7 @@ namespace {
 struct BwdScratch {
   TileIndex ti;
   std::vector<float> KT, VT, K, Q, dO, S, dP, D, dS_sum;
+  std::vector<float> dQ;  // float32 dq rows when T is not float
   BiasTiles bias;
   const float* bt = nullptr;  // this (tile, head)'s bias/mask term, when there is a bias
   std::vector<const float*> qrows, dorows, krows;
@@ -33,6 +35,7 @@ struct BwdScratch {
     K.resize(static_cast<size_t>(maxk) * dp);
     Q.resize(static_cast<size_t>(TQ) * dp);
     dO.resize(static_cast<size_t>(TQ) * dp);
+    dQ.resize(static_cast<size_t>(TQ) * dp);
     S.resize(static_cast<size_t>(TQ) * nkp);
     dP.resize(static_cast<size_t>(TQ) * nkp);
     dS_sum.resize(static_cast<size_t>(TQ) * nkp);
@@ -71,14 +74,15 @@ void flush_dbias(BwdScratch& s, double* db) {
 }
 
 // One (tile, slice).
-TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s) {
+template <typename T>
+TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c, int dp, BwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
-  const float* q = a.q.slice(c.b, c.hh);
-  const float* k = a.k.slice(c.b, c.hh);
-  const float* o = a.out.slice(c.b, c.hh);
-  const float* dout = a.dout.slice(c.b, c.hh);
-  float* dq = a.dq.slice(c.b, c.hh);
+  const T* q = a.q.slice(c.b, c.hh);
+  const T* k = a.k.slice(c.b, c.hh);
+  const T* o = a.out.slice(c.b, c.hh);
+  const T* dout = a.dout.slice(c.b, c.hh);
+  T* dq = a.dq.slice(c.b, c.hh);
   const float* lse = a.lse + (static_cast<int64_t>(c.b) * a.heads + c.hh) * a.N;
 
   pack_cols_t(c.KT, a.N, ti, d, s.KT.data());
@@ -87,12 +91,13 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs& a, const SliceCtx& c, in
   row_ptrs(q, a.q.sn, ti.q.data(), nq, d, dp, s.Q.data(), s.qrows.data());
   row_ptrs(dout, a.dout.sn, ti.q.data(), nq, d, dp, s.dO.data(), s.dorows.data());
   for (int i = 0; i < nq; ++i) {
-    s.dqrows[i] = dq + ti.q[i] * a.dq.sn;
-    const float* orow = o + ti.q[i] * a.out.sn;
+    if constexpr (std::is_same_v<T, float>) s.dqrows[i] = dq + ti.q[i] * a.dq.sn;
+    else s.dqrows[i] = s.dQ.data() + static_cast<size_t>(i) * dp;
+    const T* orow = o + ti.q[i] * a.out.sn;
     const float* dorow = s.dorows[i];
     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-    for (int cc = 0; cc < d; ++cc) acc += dorow[cc] * orow[cc];
+    for (int cc = 0; cc < d; ++cc) acc += dorow[cc] * to_f32(orow[cc]);
     s.D[i] = acc;
   }
   for (int j = 0; j < nk; ++j) {
@@ -122,17 +127,18 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs& a, const SliceCtx& c, in
   }
   for (int i = 0; i < nq; ++i) s.D[i] = a.scale;  // row scale of dq
   rows_times_packed(s.dP.data(), nq, nkp, nk, s.krows.data(), dp, d, s.D.data(), s.dqrows.data());
+  if constexpr (!std::is_same_v<T, float>) store_rows_as(s.dqrows.data(), nq, d, dq, a.dq.sn, ti.q.data());
   cols_times_packed(s.dP.data(), nq, nkp, nk, s.qrows.data(), dp, a.scale, s.dkrows.data());
   cols_times_packed(s.S.data(), nq, nkp, nk, s.dorows.data(), dp, 1.f, s.dvrows.data());
 }
 
-TGF_ISA_DISPATCH(bwd_tile, bwd_tile_body, (const AttnBwdArgs& a, const SliceCtx& c, int dp, BwdScratch& s),
-                 (a, c, dp, s))
+TGF_ISA_DISPATCH_T(bwd_tile, bwd_tile_body<T>,
+                   (const AttnBwdArgs<T>& a, const SliceCtx& c, int dp, BwdScratch& s), (a, c, dp, s))
 
-// Writes accumulated rows (N x dp) into a strided (N, d) output.
-void store_rows(const float* acc, int N, int d, int dp, float* out, int64_t sn) {
-  for (int n = 0; n < N; ++n)
-    std::copy(acc + static_cast<size_t>(n) * dp, acc + static_cast<size_t>(n) * dp + d, out + n * sn);
+// Writes accumulated rows (N x dp) into a strided (N, d) output, rounded to T.
+template <typename T>
+void store_rows(const float* acc, int N, int d, int dp, T* out, int64_t sn) {
+  for (int n = 0; n < N; ++n) store_row(acc + static_cast<size_t>(n) * dp, out + n * sn, d);
 }
 
 TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, ti))
@@ -144,7 +150,8 @@ bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
 
 }  // namespace
 
-void attn_bwd_f32(const AttnBwdArgs& a) {
+template <typename T>
+void attn_bwd(const AttnBwdArgs<T>& a) {
   const Geom& g = a.geom;
   const int TQ = tile_size_window(g), maxk = tile_max_candidates(g, TQ), ntiles = tile_count(g, TQ);
   const int dp = round_up(a.d, DB), N = a.N, heads = a.heads, d = a.d;
@@ -231,16 +238,16 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
         // implicit barrier: every thread's buffers are complete; reduce in thread order.
 #pragma omp for schedule(static)
         for (int n = 0; n < N; ++n) {
-          float* dkr = a.dk.slice(b, hh) + n * a.dk.sn;
-          float* dvr = a.dv.slice(b, hh) + n * a.dv.sn;
+          T* dkr = a.dk.slice(b, hh) + n * a.dk.sn;
+          T* dvr = a.dv.slice(b, hh) + n * a.dv.sn;
           for (int cc = 0; cc < d; ++cc) {
             float sk = 0.f, sv = 0.f;
             for (int t2 = 0; t2 < nth; ++t2) {
               sk += dk_acc[t2 * rows_nd + static_cast<size_t>(n) * dp + cc];
               sv += dv_acc[t2 * rows_nd + static_cast<size_t>(n) * dp + cc];
             }
-            dkr[cc] = sk;
-            dvr[cc] = sv;
+            dkr[cc] = from_f32<T>(sk);
+            dvr[cc] = from_f32<T>(sv);
           }
         }
       }
@@ -257,5 +264,9 @@ void attn_bwd_f32(const AttnBwdArgs& a) {
       }
   }
 }
+
+template void attn_bwd<float>(const AttnBwdArgs<float>&);
+template void attn_bwd<bf16>(const AttnBwdArgs<bf16>&);
+template void attn_bwd<f16>(const AttnBwdArgs<f16>&);
 
 }  // namespace tgf

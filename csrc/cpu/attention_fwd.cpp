@@ -1,5 +1,6 @@
-// Fused masked attention forward on the CPU (float32): every geometry kind, relative bias
-// gathered in-kernel, log-sum-exp saved for the backward.
+// Fused masked attention forward on the CPU: every geometry kind, relative bias gathered
+// in-kernel, log-sum-exp saved for the backward. float32, bfloat16 or float16 tensors (the
+// template's T); tiles are gathered as float32 and computed in float32 (cpu/lowp.h).
 //
 // Work is split into query tiles (common/tiles.h; a GRID tile is a whole window of up to 256
 // tokens); all candidate keys of a tile are held at once, so each query row gets an exact (not
@@ -18,6 +19,7 @@ namespace {
 struct FwdScratch {
   TileIndex ti;
   std::vector<float> KT, V, S, inv;
+  std::vector<float> Q, O;  // float32 rows of q and out when T is not float
   BiasTiles bias;
   const float* bt = nullptr;  // this (tile, head)'s bias/mask term, when there is a bias
   std::vector<const float*> qrows, vrows;
@@ -28,6 +30,8 @@ struct FwdScratch {
     const int nkp = round_up(maxk, JB);
     KT.resize(static_cast<size_t>(d) * nkp);
     V.resize(static_cast<size_t>(maxk) * dp);
+    Q.resize(static_cast<size_t>(TQ) * dp);
+    O.resize(static_cast<size_t>(TQ) * dp);
     S.resize(static_cast<size_t>(TQ) * nkp);
     inv.resize(TQ);
     qrows.resize(TQ);
@@ -38,20 +42,26 @@ struct FwdScratch {
 
 // One (tile, batch, head): logits, masked softmax with bias, P V, lse. `v_nonfinite`: this
 // (batch, head) slice of v holds a NaN/Inf somewhere (then the tile checks its own keys).
-TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp,
+template <typename T>
+TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, int b, int hh, int dp,
                                       bool v_nonfinite, FwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
-  const float* q = a.q.slice(b, hh);
-  const float* v = a.v.slice(b, hh);
-  float* o = a.out.slice(b, hh);
+  const T* q = a.q.slice(b, hh);
+  const T* v = a.v.slice(b, hh);
+  T* o = a.out.slice(b, hh);
   float* lse = a.lse + (static_cast<int64_t>(b) * a.heads + hh) * a.N;
 
   pack_cols_t(KTs, a.N, ti, d, s.KT.data());
   row_ptrs(v, a.v.sn, ti.k.data(), nk, d, dp, s.V.data(), s.vrows.data());
-  for (int i = 0; i < nq; ++i) {
-    s.qrows[i] = q + ti.q[i] * a.q.sn;
-    s.orows[i] = o + ti.q[i] * a.out.sn;
+  if constexpr (std::is_same_v<T, float>) {
+    for (int i = 0; i < nq; ++i) {
+      s.qrows[i] = q + ti.q[i] * a.q.sn;
+      s.orows[i] = o + ti.q[i] * a.out.sn;
+    }
+  } else {  // float32 copies of the query rows; outputs rounded from float32 rows at the end
+    row_ptrs(q, a.q.sn, ti.q.data(), nq, d, dp, s.Q.data(), s.qrows.data());
+    for (int i = 0; i < nq; ++i) s.orows[i] = s.O.data() + static_cast<size_t>(i) * dp;
   }
   logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
 
@@ -92,12 +102,13 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs& a, const float* KTs, int
                        s.orows.data());
   else
     rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
+  if constexpr (!std::is_same_v<T, float>) store_rows_as(s.orows.data(), nq, d, o, a.out.sn, ti.q.data());
 }
 
-TGF_ISA_DISPATCH(fwd_tile, fwd_tile_body,
-                 (const AttnFwdArgs& a, const float* KTs, int b, int hh, int dp, bool v_nonfinite,
-                  FwdScratch& s),
-                 (a, KTs, b, hh, dp, v_nonfinite, s))
+TGF_ISA_DISPATCH_T(fwd_tile, fwd_tile_body<T>,
+                   (const AttnFwdArgs<T>& a, const float* KTs, int b, int hh, int dp, bool v_nonfinite,
+                    FwdScratch& s),
+                   (a, KTs, b, hh, dp, v_nonfinite, s))
 
 TGF_ISA_DISPATCH(fill_brow, fill_brow_body, (const Geom& g, TileIndex& ti), (g, ti))
 
@@ -108,7 +119,8 @@ bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
 
 }  // namespace
 
-void attn_fwd_f32(const AttnFwdArgs& a) {
+template <typename T>
+void attn_fwd(const AttnFwdArgs<T>& a) {
   const Geom& g = a.geom;
   // Threads split tiles: whole-window tiles only when there are windows for every thread.
   const int windows = g.kind == GRID ? grid_window_count(g, Y_AXIS) * grid_window_count(g, X_AXIS) : 0;
@@ -123,12 +135,12 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
   std::vector<char> v_nonfinite(static_cast<size_t>(a.B) * a.heads);
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (int sl = 0; sl < a.B * a.heads; ++sl) {
-    const float* v = a.v.slice(sl / a.heads, sl % a.heads);
+    const T* v = a.v.slice(sl / a.heads, sl % a.heads);
     float z = 0.f;
     for (int n = 0; n < a.N; ++n) {
-      const float* row = v + n * a.v.sn;
+      const T* row = v + n * a.v.sn;
 #pragma omp simd reduction(+ : z)
-      for (int c = 0; c < a.d; ++c) z += row[c] * 0.f;
+      for (int c = 0; c < a.d; ++c) z += to_f32(row[c]) * 0.f;
     }
     v_nonfinite[sl] = z != z;
   }
@@ -147,5 +159,9 @@ void attn_fwd_f32(const AttnFwdArgs& a) {
     }
   }
 }
+
+template void attn_fwd<float>(const AttnFwdArgs<float>&);
+template void attn_fwd<bf16>(const AttnFwdArgs<bf16>&);
+template void attn_fwd<f16>(const AttnFwdArgs<f16>&);
 
 }  // namespace tgf

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 #include "common/tiles.h"
 #include "cpu/kernels.h"
@@ -46,9 +47,32 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
     else if (level == 3) name##_v3 ARGS;                                                   \
     else name##_v1 ARGS;                                                                   \
   }
+// The same for a template on the storage type T (cpu/lowp.h): `name<T>` picks the copy of
+// `body_fn` (which names T) for this CPU.
+#define TGF_ISA_DISPATCH_T(name, body_fn, PARAMS, ARGS)                                    \
+  template <typename T>                                                                    \
+  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
+    body_fn ARGS;                                                                          \
+  }                                                                                        \
+  template <typename T>                                                                    \
+  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_fn ARGS; }        \
+  template <typename T>                                                                    \
+  void name##_v1 PARAMS { body_fn ARGS; }                                                  \
+  template <typename T>                                                                    \
+  void name PARAMS {                                                                       \
+    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
+                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
+                                                                   : 1;                    \
+    if (level == 4) name##_v4<T> ARGS;                                                     \
+    else if (level == 3) name##_v3<T> ARGS;                                                \
+    else name##_v1<T> ARGS;                                                                \
+  }
 #else
 // Not x86-64 with GCC (cpu/platform.h): one copy, compiled for the build's target.
 #define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS) \
+  void name PARAMS { body_fn ARGS; }
+#define TGF_ISA_DISPATCH_T(name, body_fn, PARAMS, ARGS) \
+  template <typename T>                                 \
   void name PARAMS { body_fn ARGS; }
 #endif
 
@@ -279,21 +303,32 @@ TGF_KERNEL_INLINE void cols_times_packed(const float* P, int nq, int nkp, int nk
   }
 }
 
-// Row pointers of src + idx[j] * sn for j < n, readable up to dp floats: the rows themselves
-// when d == dp, else copies zero-padded to dp in buf (n x dp).
-TGF_KERNEL_INLINE void row_ptrs(const float* src, int64_t sn, const int* idx, int n, int d, int dp,
+// Row pointers of src + idx[j] * sn for j < n as float32, readable up to dp floats: the rows
+// themselves when they are float32 and d == dp, else float32 copies zero-padded to dp in buf
+// (n x dp).
+template <typename T>
+TGF_KERNEL_INLINE void row_ptrs(const T* src, int64_t sn, const int* idx, int n, int d, int dp,
                             float* buf, const float** rows) {
   for (int j = 0; j < n; ++j) {
-    const float* s = src + idx[j] * sn;
-    if (d == dp) {
-      rows[j] = s;
-    } else {
-      float* o = buf + static_cast<size_t>(j) * dp;
-      std::memcpy(o, s, sizeof(float) * d);
-      std::memset(o + d, 0, sizeof(float) * (dp - d));
-      rows[j] = o;
+    const T* s = src + idx[j] * sn;
+    if constexpr (std::is_same_v<T, float>) {
+      if (d == dp) {
+        rows[j] = s;
+        continue;
+      }
     }
+    float* o = buf + static_cast<size_t>(j) * dp;
+    load_row(s, o, d);
+    for (int c = d; c < dp; ++c) o[c] = 0.f;
+    rows[j] = o;
   }
+}
+
+// Rows dst + idx[j] * sn (j < n, d values) = the float32 rows src[j], rounded to T.
+template <typename T>
+TGF_KERNEL_INLINE void store_rows_as(const float* const* src, int n, int d, T* dst, int64_t sn,
+                                     const int* idx) {
+  for (int j = 0; j < n; ++j) store_row(src[j], dst + idx[j] * sn, d);
 }
 
 
@@ -308,18 +343,20 @@ TGF_KERNEL_INLINE void pack_cols_t(const float* XT, int N, const TileIndex& ti, 
   }
 }
 
-// Transposes every (batch, head) slice of a view into XT (B*heads slices of d x N), in parallel.
-inline void transpose_slices(const View& x, int B, int heads, int N, int d, float* XT, int threads) {
+// Transposes every (batch, head) slice of a view into float32 XT (B*heads slices of d x N), in
+// parallel.
+template <typename T>
+inline void transpose_slices(const View<T>& x, int B, int heads, int N, int d, float* XT, int threads) {
   constexpr int NB = 64;
   const int nblk = (N + NB - 1) / NB;
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
   for (int sl = 0; sl < B * heads; ++sl)
     for (int blk = 0; blk < nblk; ++blk) {
-      const float* src = x.slice(sl / heads, sl % heads);
+      const T* src = x.slice(sl / heads, sl % heads);
       float* dst = XT + static_cast<size_t>(sl) * d * N;
       const int n1 = (blk + 1) * NB < N ? (blk + 1) * NB : N;
       for (int c = 0; c < d; ++c)
-        for (int n = blk * NB; n < n1; ++n) dst[static_cast<size_t>(c) * N + n] = src[n * x.sn + c];
+        for (int n = blk * NB; n < n1; ++n) dst[static_cast<size_t>(c) * N + n] = to_f32(src[n * x.sn + c]);
     }
 }
 

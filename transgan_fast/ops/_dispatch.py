@@ -36,7 +36,7 @@ KERNELS: Dict[str, Dict[str, Callable]] = {b: {} for b in BACKENDS}
 DTYPES = {
     "ref": {"cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
             "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)},
-    "cpu": {"cpu": (torch.float32,)},
+    "cpu": {"cpu": (torch.float16, torch.bfloat16, torch.float32)},
     "cuda": {"cuda": (torch.float16, torch.bfloat16, torch.float32)},
     # On the CPU only under the interpreter, which computes bfloat16 dot products wrongly.
     "triton": {"cuda": (torch.float16, torch.bfloat16, torch.float32),

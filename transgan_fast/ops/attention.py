@@ -168,6 +168,23 @@ def _bias_rows(rel_bias):
     return rel_bias.shape[0]
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast(*ts):
+    """Inputs as autocast runs attention (docs/ops.md §5): inside `torch.autocast(device, dtype)`
+    for the tensors' device, float32/float16/bfloat16 activations are cast to the autocast dtype,
+    as torch casts the inputs of `scaled_dot_product_attention`; float64, and everything outside
+    autocast, is left alone. The bias table is not cast (the kernels read it in float32)."""
+    dev = ts[0].device.type if isinstance(ts[0], torch.Tensor) else None
+    if dev not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(dev):
+        return ts
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_ELIGIBLE else t
+                 for t in ts)
+
+
 # ----------------------------------------------------------------------------------------------
 # Public ops.
 
@@ -175,9 +192,11 @@ def attention(q, k, v, geom: AttnGeometry, rel_bias=None, scale=None, backend="a
     """Masked attention with geometry `geom` (see `geometry.py`) on `(B, heads, N, d)` tensors.
 
     `grid_attention` and `local_attention` build the geometry and call this; use it directly when
-    the geometry is built once and reused (as the model layers do).
+    the geometry is built once and reused (as the model layers do). Under `torch.autocast` q, k
+    and v run in the autocast dtype (as `scaled_dot_product_attention`).
     """
     op = "attention"
+    q, k, v = _autocast(q, k, v)
     _check_qkv(op, q, k, v, geom, rel_bias)
     if rel_bias is not None and rel_bias.shape[0] != geom.bias_rows:
         raise ValueError(f"{op}: rel_bias must have {geom.bias_rows} rows for this geometry; "
@@ -233,13 +252,15 @@ def attention_qkv(qkv, heads: int, geom: AttnGeometry, rel_bias=None, scale=None
         heads: number of heads.
         geom: the geometry (`grid_geometry(...)`, `local_geometry(...)`).
     Returns:
-        `(B, N, heads*d)`, ready for the output projection.
+        `(B, N, heads*d)`, ready for the output projection (in the autocast dtype under
+        `torch.autocast`, as `attention`).
     """
     op = "attention_qkv"
     _check_geom(op, geom)
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3:
         raise ValueError(f"{op}: qkv must be 3-D (B, N, 3*heads*d); got "
                          f"{getattr(qkv, 'shape', type(qkv).__name__)}")
+    (qkv,) = _autocast(qkv)
     B, N, C3 = qkv.shape
     if not isinstance(heads, int) or heads < 1 or C3 % (3 * heads) or C3 == 0:
         raise ValueError(f"{op}: qkv's last dim {C3} must be positive and divisible by 3*heads "
