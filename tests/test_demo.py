@@ -15,7 +15,7 @@ from transgan_fast.cli import main
 from transgan_fast.train import precision as prec
 from transgan_fast.train.config import resolve_config
 from transgan_fast.train.data import ShapesSource
-from transgan_fast.train.demo import QUICK_KIMG, demo_config
+from transgan_fast.train.demo import DEMO_KIMG, QUICK_KIMG, demo_config
 from transgan_fast.train.shape_classifier import (UNCLEAR, _blur, shape_accuracy, train_classifier,
                                                   unclear_images)
 
@@ -122,7 +122,10 @@ def test_shape_accuracy_counts_only_confident_shapes():
 # ---- the demo: fixed work, summary ----------------------------------------------------------------
 def test_demo_config_is_fixed_work():
     cfg = demo_config()
-    assert cfg.kimg > 0 and demo_config(kimg=3.0).kimg == 3.0
+    assert cfg.kimg == DEMO_KIMG and demo_config(kimg=3.0).kimg == 3.0
+    assert cfg.precision == "fp32"  # bfloat16 not measured faster for this model
+    help_text = CliRunner().invoke(main, ["demo", "--help"]).output
+    assert f"[default: {DEMO_KIMG:g};" in help_text
     assert demo_config(quick=True).kimg == QUICK_KIMG
     with pytest.raises(ValueError, match="kimg must be > 0; got -1"):
         demo_config(kimg=-1.0)
