@@ -75,7 +75,7 @@ def test_demo_quick_then_generate(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSGAN_FAST_CACHE", str(tmp_path / "cache"))  # the shape classifier
     r = invoke("demo", "--quick", "--outdir", str(tmp_path / "runs"), "--no-progress")
     assert r.exit_code == 0, r.output
-    assert "TransGAN demo finished" in r.output and "SWD (x1e3)" in r.output
+    assert "TransGAN demo finished" in r.output and "swd_final" in r.output
     (run,) = os.listdir(tmp_path / "runs")
     run_dir = tmp_path / "runs" / run
     names = os.listdir(run_dir)

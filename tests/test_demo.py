@@ -143,7 +143,8 @@ def test_demo_quick_summary_and_pictures(tmp_path, monkeypatch):
     assert s["steps"] == math.ceil(100 / batch) and s["kimg"] == round(s["steps"] * batch / 1000, 2)
     for key in ("swd_initial", "swd_final", "shape_accuracy", "shape_accuracy_reals"):
         assert isinstance(s[key], float), key
-        assert key in r.output
+    for key in ("swd_initial", "swd_final", "shape_accuracy"):
+        assert f"  {key} " in r.output, key  # the printed screen uses the summary's names
     assert 0 <= s["shape_accuracy"] <= 1 and s["swd_initial"] > 0
     assert s["precision"].startswith("torch.float32: float32 as asked")
     assert s["classifier"]["train_seconds"] > 0 and os.path.isfile(s["classifier"]["file"])

@@ -136,19 +136,22 @@ def _ema_samples(run_dir: str, cfg: TrainConfig, n: int) -> torch.Tensor:
 
 
 def format_summary(s: Dict[str, object]) -> str:
-    """The one-screen summary printed by `transgan-fast demo`."""
-    swd = (f"  SWD (x1e3)       initial {s['swd_initial']:.1f} -> final {s['swd_final']:.1f} "
-           f"({100 * s['swd_ratio']:.0f}% of initial)" if s["swd_initial"] is not None
-           else "  SWD              n/a")
+    """The one-screen summary printed by `transgan-fast demo` (the names of summary.json)."""
+    if s["swd_initial"] is not None:
+        swd = [f"  swd_initial      {s['swd_initial']:.1f}  (SWD x1e3 of the untrained generator)",
+               f"  swd_final        {s['swd_final']:.1f}  ({100 * s['swd_ratio']:.0f}% of initial)"]
+    else:
+        swd = ["  swd_initial      n/a", "  swd_final        n/a"]
     mix = " / ".join(f"{v:.2f}" for v in s["shape_mix"])
     lines = ["", "=" * 72, "TransGAN demo finished",
              f"  run dir          {s['run_dir']}",
              f"  trained          {s['steps']} steps, {s['kimg']} kimg in {s['seconds']} s "
              f"(+{s['measure_seconds']} s measuring)",
              f"  precision        {s['precision']}",
-             swd,
-             f"  shape_accuracy   {s['shape_accuracy']:.2f} of samples are a clear shape "
-             f"(real images: {s['shape_accuracy_reals']:.2f}); circle/square/triangle {mix}",
+             *swd,
+             f"  shape_accuracy   {s['shape_accuracy']:.2f}  (samples that are a clear shape; "
+             f"real images: {s['shape_accuracy_reals']:.2f})",
+             f"  shapes           circle / square / triangle {mix}",
              f"  samples | reals  {s['samples']}",
              f"  curves           {s['curves']}",
              "=" * 72]
