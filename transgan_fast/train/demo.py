@@ -25,9 +25,11 @@ __all__ = ["DEMO_MODEL", "QUICK_MODEL", "DEMO_KIMG", "DEMO_PRECISION", "demo_con
            "plot_curves", "format_summary"]
 
 # 16x16 output (4 -> 8 -> 16 tokens per side). Non-saturating loss without augmentation at
-# batch 32, one D step per G step: the cheapest step that learns shapes (WGAN-GP's penalty costs
-# ~30% more per step, and cutout/colour augmentation hide the shapes D must judge); 50 kimg is
-# ~1560 steps, an estimated ~3.5 minutes of training on an idle 2-core AVX2 machine.
+# batch 32, one D step per G step: WGAN-GP's penalty costs ~30% more per step, and on a loaded
+# machine this recipe reached a lower SWD at 10 kimg (49% of initial) than the WGAN-GP +
+# translation/cutout/colour recipe at 49 kimg (66%); translation alone made grid artefacts.
+# Shapes are not learnt yet (D overpowers G after ~5 kimg): see the README's demo section.
+# 50 kimg is ~1560 steps, an estimated ~3.5 minutes of training on an idle 2-core AVX2 machine.
 DEMO_MODEL = dict(latent_dim=64, bottom=4, g_channels=[128, 32, 32], g_depths=[1, 1, 1],
                   g_upsample=["pixelshuffle", "bicubic"],
                   d_scales=[[48, 2, 2, 0], [16, 4, 4, 0]], d_stages=[["global"], ["global"]])
