@@ -58,7 +58,8 @@ def choose_precision(precision: str, device: torch.device) -> Tuple[Optional[tor
         return None, "float32 as asked (--precision fp32)"
     if precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return dtype, f"{str(dtype)[6:]} autocast on {device.type} as asked (--precision {precision})"
+        name = str(dtype).replace("torch.", "")
+        return dtype, f"{name} autocast on {device.type} as asked (--precision {precision})"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto: bfloat16 autocast, the GPU supports bfloat16"

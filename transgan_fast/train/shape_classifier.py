@@ -80,7 +80,8 @@ def train_classifier(source, steps: int = 400, batch: int = 64, lr: float = 2e-3
     if unclear:  # the unclear copies of the train / held-out images stay on their side
         u = unclear_images(x, y, g)
         x = torch.cat([x[:n_train], u[:n_train], x[n_train:], u[n_train:]])
-        y = torch.cat([y[:n_train], torch.full((n_train,), k), y[n_train:], torch.full((n_val,), k)])
+        y = torch.cat([y[:n_train], torch.full((n_train,), k), y[n_train:],
+                       torch.full((n_val,), k)])
         n_train, k = 2 * n_train, k + 1
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -161,7 +162,8 @@ def unclear_images(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> to
         t = (torch.arange(R, dtype=x.dtype) + 0.5) / R
         cy, cx = 0.3 + 0.4 * u(2, m, 1, 1)
         sy, sx = 0.08 + 0.2 * u(2, m, 1, 1)
-        bump = torch.exp(-0.5 * (((t.view(1, R, 1) - cy) / sy) ** 2 + ((t.view(1, 1, R) - cx) / sx) ** 2))
+        dy, dx = (t.view(1, R, 1) - cy) / sy, (t.view(1, 1, R) - cx) / sx      # (m, R, 1), (m, 1, R)
+        bump = torch.exp(-0.5 * (dy ** 2 + dx ** 2))                        # (m, R, R)
         col = u(m, 3) * 1.6 - 0.6                                          # (m, 3) in [-0.6, 1]
         out[blob] = border[..., None, None] + (col - border)[..., None, None] * bump[:, None]
     noise = kind == 2
@@ -199,7 +201,8 @@ def shape_accuracy(images: torch.Tensor, clf: nn.Module, threshold: float = 0.9,
     k = probs.shape[1] - 1
     p, top = probs.max(1)
     sure = (top < k) & (p >= threshold)
-    out = {"shape_accuracy": float(sure.float().mean()), "unclear": float((top == k).float().mean())}
+    out = {"shape_accuracy": float(sure.float().mean()),
+           "unclear": float((top == k).float().mean())}
     for c in range(k):
         out[f"frac/{c}"] = float((sure & (top == c)).float().mean())
     return out
