@@ -71,15 +71,16 @@ def test_info_table():
     assert json.loads(invoke("info", "--json").output)["ref"]["usable"] is True
 
 
-def test_demo_quick_then_generate(tmp_path):
-    r = invoke("demo", "--quick", "--outdir", str(tmp_path), "--no-progress")
+def test_demo_quick_then_generate(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSGAN_FAST_CACHE", str(tmp_path / "cache"))  # the shape classifier
+    r = invoke("demo", "--quick", "--outdir", str(tmp_path / "runs"), "--no-progress")
     assert r.exit_code == 0, r.output
-    assert "TransGAN demo finished" in r.output and "SWD (x1e3)" in r.output
-    (run,) = os.listdir(tmp_path)
-    run_dir = tmp_path / run
+    assert "TransGAN demo finished" in r.output and "swd_final" in r.output
+    (run,) = os.listdir(tmp_path / "runs")
+    run_dir = tmp_path / "runs" / run
     names = os.listdir(run_dir)
     for required in ("options.json", "log.txt", "stats.jsonl", "metric-quality.jsonl", "reals.png",
-                     "curves.png", "summary.json"):
+                     "curves.png", "summary.json", "samples.png"):
         assert required in names, f"{required} missing from {names}"
     assert any(n.startswith("fakes") for n in names) and any(n.startswith("ckpt-") for n in names)
     assert any(n.startswith("events.out.tfevents") for n in names)

@@ -66,7 +66,7 @@ class TrainConfig:
     locality: bool = False                # v1 locality-aware mask schedule (G.set_progress)
     sr_weight: float = 0.0                # v1 super-resolution co-training weight (50 in v1)
     sr_until_epoch: float = 110.0
-    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (GPU only for the last two)
+    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (see train/precision.py)
     device: str = "auto"                  # auto | cpu | cuda
     backend: str = "auto"
     model: Dict[str, Any] = field(default_factory=dict)  # overrides for models.build

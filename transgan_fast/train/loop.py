@@ -35,29 +35,13 @@ from .distributed import (DistEnv, all_gather_object, all_reduce_grads, broadcas
                           global_mean, split_batch)
 from .ema import EMA
 from .losses import discriminator_loss, generator_loss
+from .precision import choose_precision, pick_precision
 
 __all__ = ["Trainer", "pick_precision"]
 
 CKPT_FORMAT = 1
 _NOISE_STREAM = 1 << 20  # stream ids: 0 shared, 1 + rank DiffAugment, _NOISE_STREAM + rank noise
 _SAMPLE_STREAM = 1 << 21  # snapshot / metric sampling noise
-
-
-def pick_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for `precision` on `device` (None: float32, no autocast).
-
-    "auto" is bfloat16 on a CUDA device that supports it, else float32; CPU always runs float32.
-    """
-    if device.type != "cuda" or precision == "fp32":
-        if precision in ("bf16", "fp16") and device.type != "cuda":
-            raise ValueError(f"precision={precision!r} needs a CUDA device; this run is on "
-                             f"{device}. Use fp32 or auto.")
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def _generate(G: torch.nn.Module, z: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
@@ -118,10 +102,10 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.ema = EMA(self.G, cfg.ema_kimg, cfg.ema_rampup, cfg.ema_beta)
         self.loader = BatchLoader(source, cfg.seed, cfg.flip, self.env.rank, self.env.world_size)
-        self.amp_dtype = pick_precision(cfg.precision, dev)
-        fp16 = self.amp_dtype == torch.float16
-        self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.amp_dtype, self.precision_reason = choose_precision(cfg.precision, dev)
+        fp16 = self.amp_dtype == torch.float16  # float16's range needs loss scaling
+        self.scaler_g = torch.amp.GradScaler(dev.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(dev.type, enabled=fp16)
         self.gen_shared = torch.Generator(device=dev)
         self.gen_aug = torch.Generator(device=dev)
         self.gen_noise = torch.Generator(device=dev)

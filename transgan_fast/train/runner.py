@@ -92,6 +92,7 @@ class RunResult:
     metrics: List[Dict[str, float]] = field(default_factory=list)  # one dict per evaluation
     stats: List[Dict[str, float]] = field(default_factory=list)    # one dict per tick
     resumed_from: Optional[str] = None
+    precision: str = ""                                             # the chosen dtype and why
 
 
 def _share(obj, env: DistEnv):
@@ -163,7 +164,8 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
     for line in (plan.notes if plan else []):
         log.log(line)
     trainer = Trainer(cfg, G, D, source, env)
-    result = RunResult(run_dir=run_dir, resumed_from=ckpt_path)
+    result = RunResult(run_dir=run_dir, resumed_from=ckpt_path,
+                       precision=f"{trainer.amp_dtype or torch.float32}: {trainer.precision_reason}")
     log.write_options(cfg.to_dict())
     if state is not None:
         trainer.load_state_dict(state)
@@ -177,7 +179,7 @@ def run_training(cfg: TrainConfig, outdir: str = "runs", resume: Optional[str] =
                    f"newest; that branch is kept as it is)" if new_branch else ""))
     log.log(f"Run {run_dir}: G {n_params[0] / 1e6:.2f} M, D {n_params[1] / 1e6:.2f} M params; "
             f"data {cfg.data}: {len(source)} images ({len(source.skipped)} unreadable skipped); "
-            f"world {env.world_size} on {env.device}; precision {trainer.amp_dtype or 'float32'}")
+            f"world {env.world_size} on {env.device}; precision {trainer.amp_dtype or 'float32'} ({trainer.precision_reason})")
     for name, why in source.skipped[:10]:
         log.log(f"  skipped {name}: {why}")
 

@@ -4,6 +4,13 @@ the class accuracy of a class-conditional generator measured with it.
     clf, acc = train_classifier(ShapesSource(8192, 16, seed=1), steps=400)   # held-out accuracy
     class_accuracy(G, clf, n_per_class=256)   # fraction of samples recognised as their class
 
+    clf, acc = train_classifier(ShapesSource(8192, 16, seed=1), unclear=True)  # + "no clear shape"
+    shape_accuracy(images, clf)   # fraction recognised as a shape with probability >= 0.9
+
+With `unclear=True` the classifier gets one more class, "no clear shape" (`UNCLEAR`), trained on
+images made from the real ones (`unclear_images`): blurred, soft blobs of colour, noise, and
+two images of different kinds blended, so that a coloured blob does not count as a circle.
+
 The classifier is trained on labelled real images (any source with `labels`), with random flips,
 and reports its accuracy on a held-out tenth of them: the measurement is only as good as that.
 """
@@ -15,7 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ShapeClassifier", "train_classifier", "class_accuracy"]
+__all__ = ["ShapeClassifier", "train_classifier", "class_accuracy", "unclear_images",
+           "shape_accuracy", "cached_shape_classifier", "UNCLEAR"]
+
+UNCLEAR = "no clear shape"
 
 
 class ShapeClassifier(nn.Module):
@@ -45,9 +55,13 @@ def _accuracy(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256
 
 
 def train_classifier(source, steps: int = 400, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-                     holdout: float = 0.1) -> Tuple[ShapeClassifier, float]:
+                     holdout: float = 0.1, unclear: bool = False) -> Tuple[ShapeClassifier, float]:
     """Train a `ShapeClassifier` on `source` (uint8 images with `labels`); returns
-    `(classifier in eval mode, accuracy on the held-out last `holdout` fraction)`."""
+    `(classifier in eval mode, accuracy on the held-out last `holdout` fraction)`.
+
+    unclear: add a last class, `UNCLEAR`, trained on `unclear_images` of the same images (as
+        many as there are images); the held-out accuracy then covers both kinds.
+    """
     labels = getattr(source, "labels", None)
     if labels is None:
         raise ValueError(f"train_classifier: the source {getattr(source, 'name', '')!r} has no labels")
@@ -60,12 +74,19 @@ def train_classifier(source, steps: int = 400, batch: int = 64, lr: float = 2e-3
         raise ValueError(f"train_classifier: {n} images are too few to hold {n_val} out")
     x = source.get_many(list(range(n))).float() / 127.5 - 1                 # (N, 3, R, R)
     y = labels.long()
+    k = len(source.class_names) or int(y.max()) + 1
     g = torch.Generator().manual_seed(seed)
+    n_train = n - n_val
+    if unclear:  # the unclear copies of the train / held-out images stay on their side
+        u = unclear_images(x, y, g)
+        x = torch.cat([x[:n_train], u[:n_train], x[n_train:], u[n_train:]])
+        y = torch.cat([y[:n_train], torch.full((n_train,), k), y[n_train:],
+                       torch.full((n_val,), k)])
+        n_train, k = 2 * n_train, k + 1
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        clf = ShapeClassifier(len(source.class_names) or int(y.max()) + 1)
+        clf = ShapeClassifier(k)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    n_train = n - n_val
     for _ in range(steps):
         clf.train()
         idx = torch.randint(n_train, (batch,), generator=g)
@@ -105,3 +126,122 @@ def class_accuracy(G: nn.Module, clf: nn.Module, n_per_class: int = 256, seed: i
     for k in range(K):
         out[f"acc/{k}"] = float(hit[y == k].float().mean())
     return out
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of `x (B, 3, R, R)` with one `sigma (B,)` in pixels per image (reflect pad)."""
+    B, C, R, _ = x.shape
+    h = R // 2
+    t = torch.arange(-h, h + 1, dtype=x.dtype)                              # (K,) K = 2h + 1
+    k1 = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    k1 = k1 / k1.sum(1, keepdim=True)                                       # (B, K)
+    k2 = (k1[:, :, None] * k1[:, None, :]).repeat_interleave(C, 0)          # (B*C, K, K)
+    xp = F.pad(x.reshape(1, B * C, R, R), (h, h, h, h), mode="reflect")
+    return F.conv2d(xp, k2[:, None], groups=B * C).view(B, C, R, R)
+
+
+def unclear_images(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One image without a clear shape per image of `x (N, 3, R, R)` in [-1, 1] (labels `y (N,)`).
+
+    Each is, in turn: the image blurred (sigma 0.09-0.2 of its size, shapes become blobs); a soft
+    blob of colour (a Gaussian bump of random size, stretch and colour over the image's border
+    colour); the image under strong noise (std 0.3-0.7) or pure noise; or a blend of the image
+    with one of another kind.
+    """
+    n, _, R, _ = x.shape
+    kind = torch.arange(n) % 4
+    out = x.clone()
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    blur = kind == 0
+    if blur.any():
+        out[blur] = _blur(x[blur], (0.09 + 0.11 * u(int(blur.sum()))) * R)
+    blob = kind == 1
+    if blob.any():
+        m = int(blob.sum())
+        border = torch.cat([x[blob, :, 0], x[blob, :, -1]], 2).mean(2)      # (m, 3)
+        t = (torch.arange(R, dtype=x.dtype) + 0.5) / R
+        cy, cx = 0.3 + 0.4 * u(2, m, 1, 1)
+        sy, sx = 0.08 + 0.2 * u(2, m, 1, 1)
+        dy, dx = (t.view(1, R, 1) - cy) / sy, (t.view(1, 1, R) - cx) / sx      # (m, R, 1), (m, 1, R)
+        bump = torch.exp(-0.5 * (dy ** 2 + dx ** 2))                        # (m, R, R)
+        col = u(m, 3) * 1.6 - 0.6                                          # (m, 3) in [-0.6, 1]
+        out[blob] = border[..., None, None] + (col - border)[..., None, None] * bump[:, None]
+    noise = kind == 2
+    if noise.any():
+        m = int(noise.sum())
+        std = (0.3 + 0.4 * u(m)).view(-1, 1, 1, 1)
+        base = torch.where(u(m).view(-1, 1, 1, 1) < 0.7, x[noise], torch.zeros_like(x[noise]))
+        out[noise] = base + std * torch.randn(m, 3, R, R, generator=gen)
+    mix = kind == 3
+    if mix.any():
+        idx = mix.nonzero().flatten()
+        other = torch.randint(n, (idx.numel(),), generator=gen)
+        # Blend with the next image of another kind (the image itself when none exists).
+        for j in range(8):
+            same = y[other] == y[idx]
+            other = torch.where(same, (other + 1) % n, other)
+        a = (0.35 + 0.3 * u(idx.numel())).view(-1, 1, 1, 1)
+        out[mix] = a * x[idx] + (1 - a) * x[other]
+    return out.clamp(-1, 1)
+
+
+@torch.no_grad()
+def shape_accuracy(images: torch.Tensor, clf: nn.Module, threshold: float = 0.9,
+                   batch: int = 256) -> Dict[str, float]:
+    """The fraction of `images (N, 3, R, R)` in [-1, 1] that `clf` (trained with `unclear=True`)
+    calls a shape, any shape, with probability at least `threshold`.
+
+    Returns `{"shape_accuracy": that fraction, "unclear": fraction whose top class is UNCLEAR,
+    "frac/<k>": fraction of confident shapes of each class k}` (the last shows mode collapse).
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"shape_accuracy: threshold must be in (0, 1); got {threshold}")
+    clf.eval()
+    probs = torch.cat([F.softmax(clf(xx.float()), 1) for xx in images.split(batch)])  # (N, K+1)
+    k = probs.shape[1] - 1
+    p, top = probs.max(1)
+    sure = (top < k) & (p >= threshold)
+    out = {"shape_accuracy": float(sure.float().mean()),
+           "unclear": float((top == k).float().mean())}
+    for c in range(k):
+        out[f"frac/{c}"] = float((sure & (top == c)).float().mean())
+    return out
+
+
+# (steps, batch, images) of the classifier the demo uses; `quick` is for tests and smoke checks.
+_CLF_RECIPE = {False: (1500, 128, 8192), True: (60, 32, 256)}
+_CLF_DATA_SEED = 12345   # not the training data's seed: the classifier sees other images
+_CLF_VERSION = 1         # bump when the recipe, the model or unclear_images change
+
+
+def cached_shape_classifier(resolution: int, quick: bool = False, cache_dir: Optional[str] = None
+                            ) -> Tuple[ShapeClassifier, Dict[str, object]]:
+    """The shape classifier (with `UNCLEAR`) for `resolution`² shapes, trained once and kept.
+
+    It is deterministic, so it is trained on first use and then loaded from `cache_dir` (default:
+    `$TRANSGAN_FAST_CACHE`, else `$XDG_CACHE_HOME/transgan_fast`, else `~/.cache/transgan_fast`).
+    Returns `(classifier, info)`; info holds its held-out accuracy, the file, and the seconds
+    spent training it (0 when loaded).
+    """
+    import os
+    import time
+    from .data import ShapesSource
+    steps, batch, n = _CLF_RECIPE[bool(quick)]
+    cache_dir = cache_dir or os.environ.get("TRANSGAN_FAST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "transgan_fast")
+    path = os.path.join(cache_dir, f"shape-classifier-r{resolution}-{'quick-' if quick else ''}"
+                                   f"v{_CLF_VERSION}.pt")
+    if os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        clf = ShapeClassifier(len(saved["classes"]))
+        clf.load_state_dict(saved["state"])
+        return clf.eval(), {"heldout_acc": saved["heldout_acc"], "file": path, "train_seconds": 0.0}
+    t0 = time.time()
+    clf, acc = train_classifier(ShapesSource(n, resolution, seed=_CLF_DATA_SEED), steps=steps,
+                                batch=batch, unclear=True)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save({"state": clf.state_dict(), "heldout_acc": acc,
+                "classes": ["circle", "square", "triangle", UNCLEAR]}, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent demo never reads half a file
+    return clf, {"heldout_acc": acc, "file": path, "train_seconds": round(time.time() - t0, 1)}

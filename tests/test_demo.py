@@ -1,0 +1,158 @@
+"""The demo's plumbing: fixed-work stop and summary fields, the shape classifier's "no clear shape"
+class, and the trainer's `--precision` choice (CPU included) with float32 master weights.
+
+No long training here: the demo runs its `--quick` model, the classifier trains for seconds.
+"""
+import json
+import math
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from transgan_fast.cli import main
+from transgan_fast.train import precision as prec
+from transgan_fast.train.config import resolve_config
+from transgan_fast.train.data import ShapesSource
+from transgan_fast.train.demo import DEMO_KIMG, QUICK_KIMG, demo_config
+from transgan_fast.train.shape_classifier import (UNCLEAR, _blur, shape_accuracy, train_classifier,
+                                                  unclear_images)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---- precision ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, native", [({"avx2", "fma"}, False), ({"avx2", "avx512_bf16"}, True),
+                                           ({"amx_tile", "amx_bf16"}, True)])
+def test_auto_precision_on_cpu_follows_the_bf16_instructions(monkeypatch, flags, native):
+    monkeypatch.setattr(prec, "_cpuinfo_flags", lambda: flags)
+    dtype, why = prec.choose_precision("auto", torch.device("cpu"))
+    assert dtype == (torch.bfloat16 if native else None)
+    assert why.startswith("auto: bfloat16" if native else "auto: float32")
+    assert ("AVX512-BF16" in why or "AMX-BF16" in why) if native else "neither" in why
+
+
+def test_explicit_precisions_and_bad_value():
+    cpu = torch.device("cpu")
+    assert prec.choose_precision("fp32", cpu)[0] is None
+    assert prec.choose_precision("bf16", cpu)[0] == torch.bfloat16
+    assert prec.choose_precision("fp16", cpu)[0] == torch.float16
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16; got 'tf32'"):
+        prec.choose_precision("tf32", cpu)
+    r = CliRunner().invoke(main, ["demo", "--precision", "int8"])
+    assert r.exit_code == 2 and "int8" in r.output and "Traceback" not in r.output
+
+
+def test_this_machine_auto_matches_its_cpuinfo():
+    """`auto` here picks bfloat16 exactly when /proc/cpuinfo lists a native bfloat16 instruction."""
+    flags = prec._cpuinfo_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to compare with (not Linux)")
+    native = bool({"amx_bf16", "avx512_bf16"} & flags)
+    assert (prec.pick_precision("auto", torch.device("cpu")) == torch.bfloat16) == native
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_cpu_training_keeps_float32_master_weights(tmp_path, precision):
+    from test_train_runs import run
+    from transgan_fast.train import checkpoint as ck
+    result = run(tmp_path, 2, precision=precision)
+    state = ck.load_checkpoint(ck.latest_checkpoint(result.run_dir))
+    assert str(torch.bfloat16 if precision == "bf16" else torch.float16) in result.precision
+    for net in ("G", "D", "G_ema"):
+        for name, t in state[net].items():
+            if t.is_floating_point():
+                assert t.dtype == torch.float32, f"{net}.{name} is {t.dtype}"
+    moments = [v for s in state["opt_d"]["state"].values() for k, v in s.items() if k != "step"]
+    assert all(m.dtype == torch.float32 for m in moments)
+    if precision == "bf16":
+        assert moments  # Adam stepped
+    else:  # float16 runs with loss scaling; its first steps may be skipped on overflow
+        assert state["scaler_d"]["scale"] > 0
+    assert all(torch.isfinite(t).all() for t in state["G"].values() if t.is_floating_point())
+
+
+# ---- the shape classifier's "no clear shape" class ------------------------------------------------
+@pytest.fixture(scope="module")
+def small_classifier():
+    torch.set_num_threads(1)
+    clf, acc = train_classifier(ShapesSource(1024, 16, seed=3), steps=400, batch=64, unclear=True)
+    return clf, acc
+
+
+def test_classifier_calls_blurred_and_noise_images_unclear(small_classifier):
+    clf, acc = small_classifier
+    assert clf.head.out_features == 4 and 0 <= acc <= 1
+    x = ShapesSource(96, 16, seed=77).get_many(list(range(96))).float() / 127.5 - 1
+    blurred = _blur(x, torch.full((96,), 3.0))
+    noise = torch.rand(96, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for what, imgs in (("blurred", blurred), ("noise", noise)):
+        m = shape_accuracy(imgs, clf)
+        assert m["unclear"] >= 0.8 and m["shape_accuracy"] <= 0.1, (what, m)
+    real = shape_accuracy(x, clf, threshold=0.5)
+    assert real["unclear"] < 0.3 and real["shape_accuracy"] > 0.5, real  # sharp shapes are shapes
+
+
+def test_unclear_images_kinds_and_range():
+    x = ShapesSource(40, 16, seed=5).get_many(list(range(40))).float() / 127.5 - 1
+    y = ShapesSource(40, 16, seed=5).labels
+    u = unclear_images(x, y, torch.Generator().manual_seed(1))
+    assert u.shape == x.shape and u.min() >= -1 and u.max() <= 1
+    # blurred copies (every 4th from 0) are smoother than the images they came from
+    tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
+    assert tv(u[0::4]) < 0.6 * tv(x[0::4])
+    assert tv(u[2::4]) > 2 * tv(x[2::4])  # noise
+
+
+def test_shape_accuracy_counts_only_confident_shapes():
+    class Fixed(torch.nn.Module):  # logits chosen per image through its first pixel
+        def forward(self, x):
+            table = torch.tensor([[9., 0, 0, 0], [1., 0, 0, 0], [0., 0, 0, 9], [0., 0, 9, 0]])
+            return table[x[:, 0, 0, 0].long()]
+    imgs = torch.zeros(4, 3, 2, 2)
+    imgs[:, 0, 0, 0] = torch.arange(4.)
+    m = shape_accuracy(imgs, Fixed())
+    assert m["shape_accuracy"] == 0.5 and m["unclear"] == 0.25
+    assert m["frac/0"] == 0.25 and m["frac/2"] == 0.25 and m["frac/1"] == 0
+    with pytest.raises(ValueError, match="threshold must be in"):
+        shape_accuracy(imgs, Fixed(), threshold=1.5)
+
+
+# ---- the demo: fixed work, summary ----------------------------------------------------------------
+def test_demo_config_is_fixed_work():
+    cfg = demo_config()
+    assert cfg.kimg == DEMO_KIMG and demo_config(kimg=3.0).kimg == 3.0
+    assert cfg.precision == "fp32"  # bfloat16 not measured faster for this model
+    help_text = CliRunner().invoke(main, ["demo", "--help"]).output
+    assert f"[default: {DEMO_KIMG:g};" in help_text
+    assert demo_config(quick=True).kimg == QUICK_KIMG
+    with pytest.raises(ValueError, match="kimg must be > 0; got -1"):
+        demo_config(kimg=-1.0)
+
+
+def test_demo_quick_summary_and_pictures(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSGAN_FAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "runs"
+    r = CliRunner().invoke(main, ["demo", "--quick", "--kimg", "0.1", "--outdir", str(out),
+                                  "--no-progress", "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    (run,) = os.listdir(out)
+    s = json.loads((out / run / "summary.json").read_text())
+    batch = demo_config(quick=True).batch
+    assert s["steps"] == math.ceil(100 / batch) and s["kimg"] == round(s["steps"] * batch / 1000, 2)
+    for key in ("swd_initial", "swd_final", "shape_accuracy", "shape_accuracy_reals"):
+        assert isinstance(s[key], float), key
+    for key in ("swd_initial", "swd_final", "shape_accuracy"):
+        assert f"  {key} " in r.output, key  # the printed screen uses the summary's names
+    assert 0 <= s["shape_accuracy"] <= 1 and s["swd_initial"] > 0
+    assert s["precision"].startswith("torch.float32: float32 as asked")
+    assert s["classifier"]["train_seconds"] > 0 and os.path.isfile(s["classifier"]["file"])
+    for name in ("samples.png", "curves.png"):
+        assert os.path.isfile(out / run / name)
+    # The second run loads the cached classifier instead of training it again.
+    r = CliRunner().invoke(main, ["demo", "--quick", "--kimg", "0.02", "--outdir", str(out),
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    s2 = json.loads((out / sorted(os.listdir(out))[-1] / "summary.json").read_text())
+    assert s2["classifier"]["train_seconds"] == 0 and s2["steps"] == math.ceil(20 / batch)
