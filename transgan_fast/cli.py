@@ -153,6 +153,20 @@ def main(debug):
               "with one subfolder per class (sorted names).")
 @click.option("--num-classes", type=int, default=None, help="Number of classes with --cond class "
               "[default: the data's].")
+@click.option("--control", default="", help="GAN-Control: comma list of attributes, each with a "
+              "latent sub-space and a frozen attribute network: a built-in name of the shapes data "
+              "(kind, colour, size, position, background) or name=module:callable returning an "
+              "nn.Module (images -> embedding). docs/control.md [default: none].")
+@click.option("--control-dim", type=int, default=8, help="Latent entries per controlled attribute "
+              "(the rest of the latent is free).")
+@click.option("--control-weight", type=float, default=1.0, help="Weight of each attribute's "
+              "contrastive loss in G's loss.")
+@click.option("--control-pos-margin", type=float, default=0.05, help="Pairs sharing a sub-space "
+              "are pulled within this embedding distance.")
+@click.option("--control-neg-margin", type=float, default=0.25, help="Pairs not sharing it are "
+              "pushed beyond this embedding distance.")
+@click.option("--control-net-steps", type=int, default=400, help="Adam steps that train each "
+              "built-in attribute network on the data's labels when the run starts.")
 @click.option("--seed", type=int, default=0, help="Seeds everything: model init, noise, data order, "
               "augmentation (same seed, same run on the same machine and thread count).")
 @click.option("--mirror/--no-mirror", default=True, help="Random horizontal flips of the reals.")
