@@ -138,9 +138,16 @@ def parse_control(text: str) -> List[Tuple[str, Optional[str]]]:
 
 
 def build_attribute_net(name: str, entry: Optional[str], source=None, steps: int = 400,
-                        seed: int = 0) -> nn.Module:
+                        seed: int = 0, trained: bool = True) -> nn.Module:
     """The attribute network of `name`: the entry point's module, or a built-in `AttributeNet`
-    trained on `source.attributes[name]` (with `steps` Adam steps, seeded)."""
+    trained on `source.attributes[name]` (with `steps` Adam steps, seeded; `trained=False`: left
+    untrained, for loading saved weights)."""
+    if entry is None and not trained:
+        from .data import SHAPE_ATTRIBUTES
+        if name not in SHAPE_ATTRIBUTES:
+            raise ValueError(f"control: {name!r} is not a built-in attribute "
+                             f"({', '.join(SHAPE_ATTRIBUTES)}); give name=module:callable")
+        return AttributeNet(SHAPE_ATTRIBUTES[name])
     if entry is None:
         return train_attribute_net(source, name, steps=steps, seed=seed)[0]
     mod_name, _, fn_name = entry.partition(":")
@@ -181,14 +188,14 @@ def pair_latents(z: torch.Tensor, layout: ControlLayout, gen: Optional[torch.Gen
 class Control:
     """A run's control: the layout, the frozen attribute networks and the loss settings."""
 
-    def __init__(self, cfg, latent_dim: int, source=None, device=None):
+    def __init__(self, cfg, latent_dim: int, source=None, device=None, trained: bool = True):
         spec = parse_control(cfg.control)
         self.entries = dict(spec)
         self.layout = ControlLayout([n for n, _ in spec], cfg.control_dim, latent_dim)
         self.weight, self.pos, self.neg = cfg.control_weight, cfg.control_pos_margin, \
             cfg.control_neg_margin
         self.nets = nn.ModuleDict({
-            n: build_attribute_net(n, e, source, cfg.control_net_steps, cfg.seed + 17 * i)
+            n: build_attribute_net(n, e, source, cfg.control_net_steps, cfg.seed + 17 * i, trained)
             for i, (n, e) in enumerate(spec)})
         self.nets.requires_grad_(False).eval().to(device)
 
