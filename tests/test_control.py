@@ -21,6 +21,8 @@ from transgan_fast.train.control_fit import (fit_control, load_encoders, parse_s
                                              save_encoders, set_latents)
 from transgan_fast.train.data import SHAPE_ATTRIBUTES, ShapesSource
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 
 def test_contrastive_loss_hand_computed():
     a = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])

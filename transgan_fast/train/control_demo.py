@@ -21,12 +21,18 @@ import torch.nn.functional as F
 
 from .config import TrainConfig, resolve_config
 from .control_fit import set_latents
-from .demo import DEMO_MODEL, QUICK_MODEL
+from .demo import QUICK_MODEL
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
-           "measure_disentanglement", "control_grid", "evaluate_runs", "format_report"]
+           "measure_disentanglement", "control_grid", "evaluate_runs", "format_report",
+           "run_control_demo"]
 
 CONTROL_ATTRIBUTES = "colour,background,size"
+# The demo's 16x16 model narrowed (48 channels, bicubic upsampling) for a loaded 2-core CPU:
+# 3 sub-spaces of 8 and 24 free latent entries.
+CONTROL_MODEL = dict(latent_dim=48, bottom=4, g_channels=[48, 48, 48], g_depths=[1, 1, 1],
+                     g_upsample=["bicubic", "bicubic"],
+                     d_scales=[[24, 2, 2, 0], [8, 4, 4, 0]], d_stages=[["global"], ["global"]])
 
 
 def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Optional[float] = None,
@@ -38,10 +44,10 @@ def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Opti
                               kimg=kimg or 0.2, tick_kimg=0.1, snapshot_ticks=1, metrics="",
                               shapes_n=512, model=QUICK_MODEL, seed=seed, n_critic=1,
                               ema_kimg=1.0, control_net_steps=100, **control)
-    return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=32,
-                          kimg=kimg or 1000.0, tick_kimg=2.0, snapshot_ticks=5, metric_n=512,
-                          shapes_n=8192, model=DEMO_MODEL, seed=seed, n_critic=1, lr_g=2e-4,
-                          lr_d=2e-4, ema_kimg=2.0, **control)
+    return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=16,
+                          kimg=kimg or 1000.0, tick_kimg=1.0, snapshot_ticks=5, metric_n=512,
+                          shapes_n=8192, model=CONTROL_MODEL, seed=seed, n_critic=1, lr_g=2e-4,
+                          lr_d=2e-4, ema_kimg=1.0, **control)
 
 
 def evaluation_nets(resolution: int = 16, seed: int = 0, steps: int = 600, n: int = 8192):
@@ -139,7 +145,7 @@ def control_grid(G, layout, encoders, nets_train, path: str, cols: int = 8, seed
 
 
 def evaluate_runs(controlled: str, baseline: Optional[str] = None, out_dir: Optional[str] = None,
-                  n: int = 512, fit_n: int = 4096, seed: int = 0) -> Dict:
+                  n: int = 512, fit_n: int = 4096, seed: int = 0, eval_steps: int = 600) -> Dict:
     """Fit control encoders to the controlled run (and the baseline run, on the same latent
     split), measure (a) and (b) with independent evaluation networks, write the grid and
     `control.json` into `out_dir` (default: the controlled run's directory); returns the dict."""
@@ -151,7 +157,7 @@ def evaluate_runs(controlled: str, baseline: Optional[str] = None, out_dir: Opti
     state = ck.load_checkpoint(path)
     layout, nets = load_control(state, G.latent_dim)
     out_dir = out_dir or os.path.dirname(os.path.abspath(path))
-    eval_nets, eval_scores = evaluation_nets(G.cfg.img_size, seed)
+    eval_nets, eval_scores = evaluation_nets(G.cfg.img_size, seed, eval_steps)
     encs = fit_control(G, nets, layout, n=fit_n, seed=seed)
     save_encoders(os.path.join(out_dir, "control.pt"), layout, encs, os.path.abspath(path))
     res = {"checkpoint": path, "step": int(state["step"]), "kimg": state["images_seen"] / 1000,
@@ -191,3 +197,21 @@ def format_report(res: Dict) -> str:
             lines.append(f"  {tag} resample {name:<11s}: " +
                          "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
     return "\n".join(lines)
+
+
+def run_control_demo(outdir: str = "runs", minutes: float = 12.0, quick: bool = False,
+                     seed: int = 0, baseline: bool = True, progress: bool = True) -> Dict:
+    """Train the controllable demo model (and, with `baseline`, the uncontrolled one for as long),
+    then `evaluate_runs`; returns its dict (with `seconds` of each training run)."""
+    from .runner import run_training
+    limit = None if quick else minutes * 60
+    runs = {}
+    for tag in ("controlled", "baseline") if baseline else ("controlled",):
+        cfg = control_demo_config(quick, controlled=tag == "controlled", seed=seed)
+        runs[tag] = run_training(cfg, outdir, resume=None, progress=progress, max_seconds=limit)
+    res = evaluate_runs(runs["controlled"].run_dir,
+                        runs["baseline"].run_dir if baseline else None,
+                        n=64 if quick else 512, fit_n=256 if quick else 4096, seed=seed,
+                        eval_steps=50 if quick else 600)
+    res["seconds"] = {k: r.seconds for k, r in runs.items()}
+    return res
