@@ -140,6 +140,8 @@ def control_grid(G, layout, encoders, nets_train, path: str, cols: int = 8, seed
             inp = torch.linspace(0, 1, cols)[:, None]
         rows.append(set_latents(z0.expand(cols, -1), layout, encoders, {name: inp}))
     imgs = G(torch.cat(rows).to(dev)).float().clamp(-1, 1).cpu()
+    if imgs.shape[-1] < 64:  # small images: enlarged (nearest) so that the grid can be seen
+        imgs = F.interpolate(imgs, scale_factor=64 // imgs.shape[-1], mode="nearest")
     save_grid(imgs, path, nrow=cols)
     return path
 
