@@ -197,7 +197,8 @@ def test_cli_train_fit_control_generate_set(tmp_path):
     res = r.invoke(main, ["train", "--preset", "cifar10", "--resolution", "16", "--batch", "4",
                           "--kimg", "0.008", "--n-critic", "1", "--metrics", "", "--diffaug", "",
                           "--model-json", '{"latent_dim": 16, "bottom": 4, "g_channels": [16, 16, '
-                          '16], "g_depths": [1, 1, 1], "g_upsample": ["bicubic", "bicubic"], "d_scales": [[8, 2, 2, 0], [8, 4, 4, 0]], '
+                          '16], "g_depths": [1, 1, 1], "g_upsample": ["bicubic", "bicubic"], '
+                          '"d_scales": [[8, 2, 2, 0], [8, 4, 4, 0]], '
                           '"d_stages": [["global"], ["global"]]}', "--control", "colour,size",
                           "--control-dim", "4", "--control-net-steps", "5", "--outdir",
                           str(tmp_path), "--no-progress"])
@@ -231,3 +232,6 @@ def test_every_control_option_in_help():
     fit = r.invoke(main, ["fit-control", "--help"]).output
     for opt in ("--checkpoint", "--out", "--n ", "--steps", "--seed", "--raw", "--backend"):
         assert opt in fit, opt
+    demo = r.invoke(main, ["control-demo", "--help"]).output
+    for opt in ("--outdir", "--minutes", "--baseline", "--quick", "--seed", "--progress"):
+        assert opt in demo, opt

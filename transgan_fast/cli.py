@@ -506,10 +506,12 @@ def fit_control_cmd(ckpt, out, n, steps, seed, raw, backend):
 
 @main.command("control-demo", context_settings=CTX)
 @click.option("--outdir", default="runs", help="Parent directory of the two run directories.")
-@click.option("--minutes", type=float, default=12.0, help="Training wall time of each run.")
+@click.option("--minutes", type=float, default=11.0, help="Training wall time of each run (the "
+              "attribute networks train before it).")
 @click.option("--baseline/--no-baseline", default=True, help="Also train the uncontrolled baseline "
               "(as long again) and measure it the same way.")
-@click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke checks) [default: off].")
+@click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke "
+              "checks) [default: off].")
 @click.option("--seed", type=int, default=0, help="Random seed.")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def control_demo(outdir, minutes, baseline, quick, seed, progress):

@@ -203,7 +203,7 @@ def format_report(res: Dict) -> str:
     return "\n".join(lines)
 
 
-def run_control_demo(outdir: str = "runs", minutes: float = 12.0, quick: bool = False,
+def run_control_demo(outdir: str = "runs", minutes: float = 11.0, quick: bool = False,
                      seed: int = 0, baseline: bool = True, progress: bool = True) -> Dict:
     """Train the controllable demo model (and, with `baseline`, the uncontrolled one for as long),
     then `evaluate_runs`; returns its dict (with `seconds` of each training run)."""
