@@ -8,6 +8,7 @@
     transgan-fast info                      # which kernel backends are built and usable here
     transgan-fast selftest                  # every backend against the reference, as a table
     transgan-fast convert --official cifar_checkpoint.pth --preset cifar10 --out runs/released
+    transgan-fast fit-control --checkpoint runs/00001-...-ctrl   # then generate --set colour=cyan
 """
 from __future__ import annotations
 
@@ -154,6 +155,20 @@ def main(debug):
               "with one subfolder per class (sorted names).")
 @click.option("--num-classes", type=int, default=None, help="Number of classes with --cond class "
               "[default: the data's].")
+@click.option("--control", default="", help="GAN-Control: comma list of attributes, each with a "
+              "latent sub-space and a frozen attribute network: a built-in name of the shapes data "
+              "(kind, colour, size, position, background) or name=module:callable returning an "
+              "nn.Module (images -> embedding). docs/control.md [default: none].")
+@click.option("--control-dim", type=int, default=8, help="Latent entries per controlled attribute "
+              "(the rest of the latent is free).")
+@click.option("--control-weight", type=float, default=1.0, help="Weight of each attribute's "
+              "contrastive loss in G's loss.")
+@click.option("--control-pos-margin", type=float, default=0.05, help="Pairs sharing a sub-space "
+              "are pulled within this embedding distance.")
+@click.option("--control-neg-margin", type=float, default=0.25, help="Pairs not sharing it are "
+              "pushed beyond this embedding distance.")
+@click.option("--control-net-steps", type=int, default=400, help="Adam steps that train each "
+              "built-in attribute network on the data's labels when the run starts.")
 @click.option("--seed", type=int, default=0, help="Seeds everything: model init, noise, data order, "
               "augmentation (same seed, same run on the same machine and thread count).")
 @click.option("--mirror/--no-mirror", default=True, help="Random horizontal flips of the reals.")
@@ -195,13 +210,19 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 @click.option("--class", "class_", type=int, default=None, help="Class to generate with a "
               "class-conditional checkpoint [default: a grid with one row per class, one column "
               "per seed].")
+@click.option("--set", "set_", default=None, help="Attribute values of a controlled checkpoint, "
+              "e.g. 'colour=yellow,size=0.7' (a class name or index, or a number), through the "
+              "encoders of `fit-control` [default: none].")
+@click.option("--encoders", default=None, help="Control encoders for --set [default: control.pt "
+              "beside the checkpoint].")
 @click.option("--noise-mode", type=click.Choice(NOISE_MODES), default="const",
               help="Attention noise of models that have it: 'const' derives it from each image's "
               "seed (same seed, same image), 'random' draws fresh noise every call, 'none' turns it off.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               callback=_device_option, help="Device.")
-def generate(ckpt, exported, seeds, out, files, raw, class_, noise_mode, backend, device):
+def generate(ckpt, exported, seeds, out, files, raw, class_, set_, encoders, noise_mode, backend,
+             device):
     """Sample images from a checkpoint (EMA generator) or an exported generator."""
     _require_train_extra()
     import torch
@@ -211,8 +232,9 @@ def generate(ckpt, exported, seeds, out, files, raw, class_, noise_mode, backend
     if (ckpt is None) == (exported is None):
         raise click.UsageError("give exactly one of --checkpoint and --exported")
     if exported is not None:
-        if class_ is not None:
-            raise click.BadParameter("exported generators are unconditional", param_hint="--class")
+        if class_ is not None or set_ is not None:
+            raise click.BadParameter("exported generators are unconditional",
+                                     param_hint="--class" if class_ is not None else "--set")
         _check_out(out, files)
         return _generate_exported(exported, seeds, out, files, device)
     if not os.path.exists(ckpt) or (os.path.isdir(ckpt) and not list_checkpoints(ckpt)):
@@ -236,7 +258,8 @@ def generate(ckpt, exported, seeds, out, files, raw, class_, noise_mode, backend
         classes = [c for c in kinds for _ in seeds]
         names = [f"seed{s:05d}-class{c}" for c in kinds for s in seeds]
         seeds = [s for _ in kinds for s in seeds]
-    imgs = generate_images(G, seeds, noise_mode, dev, classes=classes)
+    latents = _set_latents(G, path, set_, encoders, seeds) if set_ is not None else None
+    imgs = generate_images(G, seeds, noise_mode, dev, classes=classes, latents=latents)
     if files:
         os.makedirs(out, exist_ok=True)
         for name, img in zip(names, imgs):
@@ -245,6 +268,26 @@ def generate(ckpt, exported, seeds, out, files, raw, class_, noise_mode, backend
     else:
         save_grid(imgs, out, **({"nrow": len(seeds) // len(kinds)} if k else {}))
         click.echo(f"wrote a grid of {len(names)} images from {path} to {out}")
+
+
+def _set_latents(G, path, text, encoders, seeds):
+    """The seeds' latents with the sub-spaces of `--set` filled by the control encoders."""
+    import torch
+    from .train import checkpoint as ck
+    from .train.control_fit import load_control, load_encoders, parse_set, set_latents
+    enc_path = encoders or os.path.join(os.path.dirname(os.path.abspath(path)), "control.pt")
+    if not os.path.isfile(enc_path):
+        raise click.BadParameter(f"no control encoders at {enc_path!r}: run transgan-fast "
+                                 f"fit-control --checkpoint {path} first", param_hint="--encoders")
+    layout, nets = load_control(ck.load_checkpoint(path), G.latent_dim)
+    enc_layout, encs = load_encoders(enc_path)
+    if (enc_layout.names, enc_layout.dim) != (layout.names, layout.dim):
+        raise click.BadParameter(f"{enc_path} was fitted for {enc_layout.names} x {enc_layout.dim}; "
+                                 f"{path} controls {layout.names} x {layout.dim}",
+                                 param_hint="--encoders")
+    z = torch.stack([torch.randn(G.latent_dim, generator=torch.Generator().manual_seed(s))
+                     for s in seeds])
+    return set_latents(z, layout, encs, parse_set(text, nets, layout))
 
 
 def _check_out(out: str, files: bool) -> None:
@@ -437,6 +480,55 @@ def convert(official, preset, out_dir, images_seen, model_json):
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc))
     click.echo(f"wrote {path}")
+
+
+@main.command("fit-control", context_settings=CTX)
+@click.option("--checkpoint", "ckpt", required=True, help="A checkpoint of a `train --control` run, "
+              "or its run directory (the newest readable checkpoint).")
+@click.option("--out", default=None, help="Where to write the encoders [default: control.pt in the "
+              "checkpoint's directory].")
+@click.option("--n", "n", type=int, default=4096, help="Generated images the encoders learn from.")
+@click.option("--steps", type=int, default=1000, help="Adam steps per encoder.")
+@click.option("--seed", type=int, default=0, help="Seed of the latents and the encoders' training.")
+@click.option("--raw", is_flag=True, help="Fit to the raw generator instead of the EMA one [default: off].")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")
+def fit_control_cmd(ckpt, out, n, steps, seed, raw, backend):
+    """Train control encoders (attribute value -> sub-space latent) for `generate --set`."""
+    _require_train_extra()
+    from .train.control_fit import fit_control, load_control, save_encoders
+    from .train.sample import load_generator
+    from .train import checkpoint as ck
+    if not os.path.exists(ckpt):
+        raise click.BadParameter(f"no checkpoint at {ckpt!r}", param_hint="--checkpoint")
+    G, path, notes = load_generator(ckpt, backend, raw)
+    for line in notes:
+        click.echo(line, err=True)
+    layout, nets = load_control(ck.load_checkpoint(path), G.latent_dim)
+    out = out or os.path.join(os.path.dirname(os.path.abspath(path)), "control.pt")
+    encs = fit_control(G, nets, layout, n=n, steps=steps, seed=seed)
+    save_encoders(out, layout, encs, source=os.path.abspath(path))
+    click.echo(f"wrote control encoders for {', '.join(layout.names)} ({n} samples of {path}) "
+               f"to {out}")
+
+
+@main.command("control-demo", context_settings=CTX)
+@click.option("--outdir", default="runs", help="Parent directory of the two run directories.")
+@click.option("--minutes", type=float, default=11.0, help="Training wall time of each run (the "
+              "attribute networks train before it).")
+@click.option("--baseline/--no-baseline", default=True, help="Also train the uncontrolled baseline "
+              "(as long again) and measure it the same way.")
+@click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke "
+              "checks) [default: off].")
+@click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
+def control_demo(outdir, minutes, baseline, quick, seed, progress):
+    """GAN-Control on the shapes: train (colour, background, size), fit encoders, measure control
+    accuracy and disentanglement against an uncontrolled baseline, write control_grid.png."""
+    _require_train_extra()
+    from .train.control_demo import format_report, run_control_demo
+    res = run_control_demo(outdir, minutes, quick, seed, baseline, progress)
+    click.echo(format_report(res))
+    click.echo(f"wrote {res['grid']} and control.json beside it")
 
 
 if __name__ == "__main__":

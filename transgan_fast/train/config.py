@@ -72,6 +72,12 @@ class TrainConfig:
     model: Dict[str, Any] = field(default_factory=dict)  # overrides for models.build
     cond: str = "none"                    # none | class (class-conditional G and projection D)
     num_classes: Optional[int] = None     # with cond=class: None = the data's number of classes
+    control: str = ""                     # GAN-Control attributes, "a,b,name=module:callable"
+    control_dim: int = 8                  # latent entries per controlled attribute
+    control_weight: float = 1.0           # weight of each attribute's contrastive loss
+    control_pos_margin: float = 0.05      # shared sub-space: pulled within this distance
+    control_neg_margin: float = 0.25      # different sub-space: pushed beyond this distance
+    control_net_steps: int = 400          # training steps of each built-in attribute network
     seed: int = 0
     flip: bool = True
     shapes_n: int = 8192
@@ -127,5 +133,18 @@ def resolve_config(cfg: Optional[TrainConfig] = None, **overrides) -> TrainConfi
         raise ValueError("num_classes is for class-conditional training; add --cond class")
     if c.num_classes is not None and c.num_classes < 2:
         raise ValueError(f"num_classes must be >= 2; got {c.num_classes}")
+    if c.control:
+        from .control import parse_control
+        parse_control(c.control)
+        if c.control_dim < 1 or c.control_net_steps < 1:
+            raise ValueError(f"control_dim and control_net_steps must be >= 1; got "
+                             f"{c.control_dim}, {c.control_net_steps}")
+        if c.control_weight < 0 or not 0 <= c.control_pos_margin < c.control_neg_margin:
+            raise ValueError(f"control: need control_weight >= 0 and 0 <= control_pos_margin < "
+                             f"control_neg_margin; got {c.control_weight}, {c.control_pos_margin}, "
+                             f"{c.control_neg_margin}")
+        if c.g_batch % 2 or c.g_batch % (2 * c.accum_g):
+            raise ValueError(f"control: g_batch={c.g_batch} must split into pairs in each of "
+                             f"accum_g={c.accum_g} rounds (a multiple of {2 * c.accum_g})")
     parse_policy(c.diffaug)
     return c

@@ -40,6 +40,15 @@ __all__ = ["ShapesSource", "ImageFileSource", "ArraySource", "load_cifar10", "lo
            "open_source", "InfiniteSampler", "BatchLoader"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
+# The shapes' attributes (`ShapesSource.attributes`), all of the first (always present) shape:
+# a tuple of class names for a categorical attribute, None for a value in [0, 1].
+SHAPE_ATTRIBUTES = {
+    "kind": SHAPE_CLASSES,
+    "colour": ("cyan", "magenta", "yellow"),  # the dimmed channel: red, green, blue
+    "size": None,          # radius, 0.15 R .. 0.3 R -> 0 .. 1
+    "position": None,      # vertical centre, 0.3 R .. 0.7 R -> 0 .. 1 (flips leave it unchanged)
+    "background": None,    # mean background level, 0 .. 0.35 -> 0 .. 1
+}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -97,7 +106,8 @@ class ShapesSource(ArraySource):
     """Coloured circles, squares and triangles on tinted backgrounds (1–2 shapes per image).
 
     Deterministic in `seed`; `n` images at `resolution`. Both shapes of an image are of one
-    kind, its label (`SHAPE_CLASSES`).
+    kind, its label (`SHAPE_CLASSES`). `attributes` maps each name of `SHAPE_ATTRIBUTES` to its
+    values: int64 class indices or float32 values in [0, 1] (the first shape's), `(n,)` each.
     """
 
     def __init__(self, n: int = 8192, resolution: int = 32, seed: int = 0):
@@ -119,7 +129,11 @@ class ShapesSource(ArraySource):
             r = rng.uniform(0.15, 0.3, n) * R
             cy, cx = (rng.uniform(0.3, 0.7, (2, n)) * R)
             col = rng.uniform(0.4, 1.0, (n, 3)).astype(np.float32)
-            col[np.arange(n), rng.integers(0, 3, n)] *= 0.3  # saturated colours
+            dimmed = rng.integers(0, 3, n)
+            col[np.arange(n), dimmed] *= 0.3  # saturated colours
+            if k == 0:
+                attrs = {"kind": labels, "colour": dimmed, "size": (r / R - 0.15) / 0.15,
+                         "position": (cy / R - 0.3) / 0.4, "background": bg.mean((1, 2, 3)) / 0.35}
             dy = yy[None] - cy[:, None, None]  # (n, R, R)
             dx = xx[None] - cx[:, None, None]
             rr = r[:, None, None]
@@ -133,6 +147,9 @@ class ShapesSource(ArraySource):
         data = torch.from_numpy((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
         super().__init__(data, f"shapes{R}", torch.from_numpy(labels.astype(np.int64)),
                          list(SHAPE_CLASSES))
+        self.attributes = {k: torch.from_numpy(v.astype(np.int64 if SHAPE_ATTRIBUTES[k] else
+                                                        np.float32)) for k, v in attrs.items()}
+        self.attribute_kinds = dict(SHAPE_ATTRIBUTES)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -16,6 +16,10 @@ Class-conditional runs (`cfg.cond == "class"`): the D step generates its fakes f
 the real batch (so real and fake class frequencies match and every penalty interpolate is scored
 with one class), and D is called with the labels in all its terms, the penalty included; the G
 step draws its classes uniformly from the shared generator, after its latents.
+
+Controlled runs (`cfg.control`, control.py): the G step pairs its latents (sharing sub-spaces
+drawn from the shared generator, after the latents) and adds the contrastive loss of the frozen
+attribute networks, whose weights the checkpoint holds.
 """
 from __future__ import annotations
 
@@ -97,6 +101,9 @@ class Trainer:
                            (self.g_batch_local, cfg.accum_g, "accum_g")):
             if b % a:
                 raise ValueError(f"{what}={a} must divide the per-rank batch {b}")
+        if cfg.control and self.g_batch_local % (2 * cfg.accum_g):
+            raise ValueError(f"control: the per-rank G batch {self.g_batch_local} must split into "
+                             f"pairs in each of accum_g={cfg.accum_g} rounds")
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
@@ -110,6 +117,10 @@ class Trainer:
         self.gen_aug = torch.Generator(device=dev)
         self.gen_noise = torch.Generator(device=dev)
         self.augment = DiffAugment(cfg.diffaug, self.gen_aug) if cfg.diffaug else None
+        self.control = None
+        if cfg.control:
+            from .control import Control
+            self.control = Control(cfg, self.G.latent_dim, source, dev)
         self.step_idx, self.images_seen = 0, 0
         self.last_stats: Dict[str, float] = {}
 
@@ -124,9 +135,12 @@ class Trainer:
         """Training progress in epochs of the dataset (the unit of TransGAN's schedules)."""
         return self.images_seen / len(self.loader.source)
 
-    def _latents(self, global_n: int) -> torch.Tensor:
+    def _latents(self, global_n: int, local: bool = True) -> torch.Tensor:
+        """Latents for the whole global batch: this rank's slice (`local=False`: all of them)."""
         z = torch.randn(global_n, self.G.latent_dim, generator=self.gen_shared,
                         device=self.env.device)
+        if not local:
+            return z
         per = global_n // self.env.world_size
         return z[self.env.rank * per:(self.env.rank + 1) * per]
 
@@ -211,17 +225,30 @@ class Trainer:
         # G step every n_critic D steps, including step 0.
         if self.step_idx % cfg.n_critic == 0:
             self.D.requires_grad_(False)
-            zg = self._latents(cfg.g_batch)
+            zg = self._latents(cfg.g_batch, local=self.control is None)
             yg = self._labels(cfg.g_batch)
+            same = None
+            if self.control is not None:  # pairs of the global batch, then this rank's slice
+                from .control import pair_latents
+                zg, same = pair_latents(zg, self.control.layout, self.gen_shared)
+                per = cfg.g_batch // env.world_size
+                zg = zg[env.rank * per:(env.rank + 1) * per]
+                same = same[env.rank * per // 2:(env.rank + 1) * per // 2].chunk(cfg.accum_g)
             ygs = yg.chunk(cfg.accum_g) if yg is not None else [None] * cfg.accum_g
             sr_on = cfg.sr_weight > 0 and self.epoch < cfg.sr_until_epoch
             reals = real.chunk(cfg.accum_g)
             for i, (zz, yy) in enumerate(zip(zg.chunk(cfg.accum_g), ygs)):
                 with self.autocast():
                     kw = {} if yy is None else {"y": yy}
-                    d_fake = self.D(_generate(self.G, zz, yy), augment=self.augment, **kw)
+                    fake = _generate(self.G, zz, yy)
+                    d_fake = self.D(fake, augment=self.augment, **kw)
                     loss = generator_loss(cfg.loss, d_fake)
                     stats["G/loss"] = stats.get("G/loss", 0.0) + loss.item() / cfg.accum_g
+                    if same is not None:
+                        closs, cs = self.control.loss(fake, same[i])
+                        loss = loss + closs
+                        for k, v in cs.items():
+                            stats[k] = stats.get(k, 0.0) + v / cfg.accum_g
                     if sr_on:
                         sr = self._sr_loss(reals[i % len(reals)])
                         loss = loss + cfg.sr_weight * sr
@@ -281,6 +308,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
             "sampler": self.loader.sampler.state_dict(), "rng": rng[0], "rng_ranks": rng,
+            **({"control": self.control.state_dict()} if self.control is not None else {}),
         }
 
     def load_state_dict(self, s: Dict[str, Any], restore_global_rng: bool = True) -> None:
@@ -298,6 +326,11 @@ class Trainer:
             self.scaler_d.load_state_dict(s["scaler_d"])
         if s.get("sampler") is not None:  # None: converted from a released checkpoint
             self.loader.sampler.load_state_dict(s["sampler"])
+        if self.control is not None:
+            if "control" not in s:
+                raise ValueError("Trainer.load_state_dict: this run is controlled (control="
+                                 f"{self.cfg.control!r}) but the checkpoint has no attribute networks")
+            self.control.load_state_dict(s["control"])
         self.step_idx, self.images_seen = int(s["step"]), int(s["images_seen"])
         if restore_global_rng and s.get("rng") is not None:  # None: converted from a released file
             ranks = s.get("rng_ranks") or [s["rng"]]

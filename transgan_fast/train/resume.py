@@ -31,9 +31,9 @@ RESUME_RECORD = "resume.json"
 
 
 def describe(cfg: TrainConfig) -> str:
-    """The run-directory suffix: preset, data name, batch (and `-cond` for class-conditional)."""
+    """The run-directory suffix: preset, data name, batch (`-cond` class-conditional, `-ctrl` controlled)."""
     data = "shapes" if cfg.data == "shapes" else os.path.basename(os.path.normpath(cfg.data.split(":")[-1]))
-    cond = "-cond" if cfg.cond == "class" else ""
+    cond = ("-cond" if cfg.cond == "class" else "") + ("-ctrl" if getattr(cfg, "control", "") else "")
     return f"{cfg.preset}-{data}-b{cfg.batch}{cond}".replace(os.sep, "_")
 
 

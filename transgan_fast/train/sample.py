@@ -70,10 +70,13 @@ def _has_noise(G: torch.nn.Module) -> bool:
 @torch.no_grad()
 def generate_images(G: torch.nn.Module, seeds: Sequence[int], noise_mode: str = "const",
                     device: torch.device = torch.device("cpu"), batch: int = 32,
-                    classes: Optional[Sequence[int]] = None) -> torch.Tensor:
+                    classes: Optional[Sequence[int]] = None,
+                    latents: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`(len(seeds), 3, S, S)` float images in [-1, 1] on the CPU, one per seed (see module doc).
 
     `classes`: one class per seed, required exactly for a class-conditional generator.
+    `latents`: `(len(seeds), latent_dim)` in place of the seeds' own (the noise still follows
+    the seeds), e.g. with controlled sub-spaces set (control_fit.set_latents).
     """
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"generate_images: noise_mode must be one of {NOISE_MODES}; got {noise_mode!r}")
@@ -89,7 +92,10 @@ def generate_images(G: torch.nn.Module, seeds: Sequence[int], noise_mode: str = 
                              f"({len(seeds)} seeds); got {list(classes)[:8]}...")
         y = torch.as_tensor(list(classes), dtype=torch.long)
     z = torch.stack([torch.randn(G.latent_dim, generator=torch.Generator().manual_seed(s))
-                     for s in seeds])                                        # (n, latent_dim)
+                     for s in seeds]) if latents is None else latents        # (n, latent_dim)
+    if z.shape != (len(seeds), G.latent_dim):
+        raise ValueError(f"generate_images: latents must be ({len(seeds)}, {G.latent_dim}); got "
+                         f"{tuple(z.shape)}")
     gen = torch.Generator(device=device)
     if noise_mode == "random":
         gen.seed()  # fresh entropy: differs from call to call

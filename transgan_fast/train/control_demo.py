@@ -1,0 +1,221 @@
+"""`transgan-fast control-demo`: GAN-Control on the built-in shapes, measured against a baseline.
+
+It trains a controllable TransGAN (the demo's 16x16 model, `--control colour,background,size`),
+and the same model without the contrastive losses (the uncontrolled baseline), fits control
+encoders to both (control_fit.py), and measures with attribute networks trained independently
+(another data seed) from the ones used in training:
+(a) control accuracy: the evaluation networks recover the requested value (accuracy for a
+    class attribute, mean absolute error for a value);
+(b) disentanglement: resampling one attribute's sub-space changes the predictions of the others
+    (how often a class flips, the mean absolute change of a value) — less is better.
+It writes `control_grid.png` (rows: one attribute swept, the rest fixed) and `control.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig, resolve_config
+from .control_fit import set_latents
+from .demo import QUICK_MODEL
+
+__all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
+           "measure_disentanglement", "control_grid", "evaluate_runs", "format_report",
+           "run_control_demo"]
+
+CONTROL_ATTRIBUTES = "colour,background,size"
+# The demo's 16x16 model narrowed (48 channels, bicubic upsampling) for a loaded 2-core CPU:
+# 3 sub-spaces of 8 and 24 free latent entries.
+CONTROL_MODEL = dict(latent_dim=48, bottom=4, g_channels=[48, 48, 48], g_depths=[1, 1, 1],
+                     g_upsample=["bicubic", "bicubic"],
+                     d_scales=[[24, 2, 2, 0], [8, 4, 4, 0]], d_stages=[["global"], ["global"]])
+
+
+def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Optional[float] = None,
+                        seed: int = 0) -> TrainConfig:
+    """The control demo's resolved TrainConfig (`controlled=False`: the uncontrolled baseline)."""
+    # A heavier loss weight than the default: the demo has ~150 G steps on a loaded 2-core CPU.
+    control = dict(control=CONTROL_ATTRIBUTES, control_dim=8, control_weight=3.0,
+                   control_net_steps=200) if controlled else {}
+    if quick:
+        return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=16,
+                              kimg=kimg or 0.2, tick_kimg=0.1, snapshot_ticks=1, metrics="",
+                              shapes_n=512, model=QUICK_MODEL, seed=seed, n_critic=1,
+                              ema_kimg=1.0, **{**control, "control_net_steps": 100})
+    return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=16,
+                          kimg=kimg or 1000.0, tick_kimg=1.0, snapshot_ticks=5, metric_n=512,
+                          shapes_n=8192, model=CONTROL_MODEL, seed=seed, n_critic=1, lr_g=2e-4,
+                          lr_d=2e-4, ema_kimg=1.0, **control)
+
+
+def evaluation_nets(resolution: int = 16, seed: int = 0, steps: int = 600, n: int = 8192):
+    """Attribute networks for measuring, one per shapes attribute, trained on shapes of another
+    seed than training's: `({name: net}, {name: held-out accuracy or mean abs. error})`."""
+    from .control import train_attribute_net
+    from .data import SHAPE_ATTRIBUTES, ShapesSource
+    src = ShapesSource(n, resolution, seed=1000 + seed)
+    nets, scores = {}, {}
+    for i, name in enumerate(SHAPE_ATTRIBUTES):
+        nets[name], scores[name] = train_attribute_net(src, name, steps=steps, seed=seed + 31 * i)
+    return nets, scores
+
+
+def _predict(net, img):
+    out = net(img)
+    return out.argmax(1) if getattr(net, "classes", None) else out[:, 0]
+
+
+def _error(net, pred, want):
+    """Accuracy (class attribute) or mean absolute error (value)."""
+    if getattr(net, "classes", None):
+        return float((pred == want).float().mean())
+    return float((pred - want).abs().mean())
+
+
+@torch.no_grad()
+def measure_control(G, layout, encoders, nets, n: int = 512, seed: int = 0, batch: int = 128):
+    """(a) per controlled attribute: `{"set": score with --set, "random": score of unset random
+    samples against the same requests}`; accuracy for classes, mean absolute error for values."""
+    out = {}
+    gen = torch.Generator().manual_seed(seed)
+    dev = next(G.parameters()).device
+    for name in layout.names:
+        net = nets[name]
+        z = torch.randn(n, layout.latent_dim, generator=gen)
+        if getattr(net, "classes", None):
+            want = torch.randint(len(net.classes), (n,), generator=gen)
+            inp = F.one_hot(want, len(net.classes)).float()
+        else:
+            want = torch.rand(n, generator=gen)
+            inp = want[:, None]
+        zs = set_latents(z, layout, encoders, {name: inp})
+        got = torch.cat([_predict(net, G(a.to(dev)).float().clamp(-1, 1)).cpu()
+                         for a in zs.split(batch)])
+        free = torch.cat([_predict(net, G(a.to(dev)).float().clamp(-1, 1)).cpu()
+                          for a in z.split(batch)])
+        out[name] = {"set": _error(net, got, want), "random": _error(net, free, want),
+                     "metric": "accuracy" if getattr(net, "classes", None) else "mean_abs_error"}
+    return out
+
+
+@torch.no_grad()
+def measure_disentanglement(G, layout, nets, n: int = 512, seed: int = 0, batch: int = 128):
+    """(b) `{changed sub-space: {attribute: change}}`: resampling one controlled sub-space, how
+    often each attribute's predicted class flips / how far its predicted value moves."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    dev = next(G.parameters()).device
+    z = torch.randn(n, layout.latent_dim, generator=gen)
+
+    def preds(zz):
+        imgs = [G(a.to(dev)).float().clamp(-1, 1) for a in zz.split(batch)]
+        return {k: torch.cat([_predict(net, im).cpu() for im in imgs]) for k, net in nets.items()}
+
+    base = preds(z)
+    out = {}
+    for name in layout.names:
+        z2 = z.clone()
+        s = layout.slice(name)
+        z2[:, s] = torch.randn(n, s.stop - s.start, generator=gen)
+        new = preds(z2)
+        out[name] = {k: float((new[k] != base[k]).float().mean()) if getattr(nets[k], "classes", None)
+                     else float((new[k] - base[k]).abs().mean()) for k in nets}
+    return out
+
+
+@torch.no_grad()
+def control_grid(G, layout, encoders, nets_train, path: str, cols: int = 8, seed: int = 0):
+    """A PNG grid: one row per controlled attribute swept over `cols` values (classes cycle),
+    every other sub-space and the free one fixed (one latent for the whole grid)."""
+    from .logging import save_grid
+    dev = next(G.parameters()).device
+    z0 = torch.randn(1, layout.latent_dim, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for name in layout.names:
+        classes = getattr(nets_train[name], "classes", None)
+        if classes:
+            inp = F.one_hot(torch.arange(cols) % len(classes), len(classes)).float()
+        else:
+            inp = torch.linspace(0, 1, cols)[:, None]
+        rows.append(set_latents(z0.expand(cols, -1), layout, encoders, {name: inp}))
+    imgs = G(torch.cat(rows).to(dev)).float().clamp(-1, 1).cpu()
+    if imgs.shape[-1] < 64:  # small images: enlarged (nearest) so that the grid can be seen
+        imgs = F.interpolate(imgs, scale_factor=64 // imgs.shape[-1], mode="nearest")
+    save_grid(imgs, path, nrow=cols)
+    return path
+
+
+def evaluate_runs(controlled: str, baseline: Optional[str] = None, out_dir: Optional[str] = None,
+                  n: int = 512, fit_n: int = 4096, seed: int = 0, eval_steps: int = 600) -> Dict:
+    """Fit control encoders to the controlled run (and the baseline run, on the same latent
+    split), measure (a) and (b) with independent evaluation networks, write the grid and
+    `control.json` into `out_dir` (default: the controlled run's directory); returns the dict."""
+    from . import checkpoint as ck
+    from .control import ControlLayout
+    from .control_fit import fit_control, load_control, save_encoders
+    from .sample import load_generator
+    G, path, _ = load_generator(controlled)
+    state = ck.load_checkpoint(path)
+    layout, nets = load_control(state, G.latent_dim)
+    out_dir = out_dir or os.path.dirname(os.path.abspath(path))
+    eval_nets, eval_scores = evaluation_nets(G.cfg.img_size, seed, eval_steps)
+    encs = fit_control(G, nets, layout, n=fit_n, seed=seed)
+    save_encoders(os.path.join(out_dir, "control.pt"), layout, encs, os.path.abspath(path))
+    res = {"checkpoint": path, "step": int(state["step"]), "kimg": state["images_seen"] / 1000,
+           "evaluation_nets_heldout": eval_scores,
+           "control": measure_control(G, layout, encs, eval_nets, n, seed),
+           "disentanglement": measure_disentanglement(G, layout, eval_nets, n, seed)}
+    res["grid"] = control_grid(G, layout, encs, nets, os.path.join(out_dir, "control_grid.png"))
+    if baseline:
+        Gb, bpath, _ = load_generator(baseline)
+        bstate = ck.load_checkpoint(bpath)
+        blay = ControlLayout(layout.names, layout.dim, Gb.latent_dim)
+        # the baseline has no attribute networks of its own: the controlled run's read its images
+        bencs = fit_control(Gb, nets, blay, n=fit_n, seed=seed)
+        res["baseline"] = {"checkpoint": bpath, "step": int(bstate["step"]),
+                           "kimg": bstate["images_seen"] / 1000,
+                           "control": measure_control(Gb, blay, bencs, eval_nets, n, seed),
+                           "disentanglement": measure_disentanglement(Gb, blay, eval_nets, n, seed)}
+        res["baseline"]["grid"] = control_grid(Gb, blay, bencs, nets,
+                                               os.path.join(out_dir, "control_grid_baseline.png"))
+    with open(os.path.join(out_dir, "control.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    return res
+
+
+def format_report(res: Dict) -> str:
+    """A few lines: per attribute, control with --set / random / baseline, and disentanglement."""
+    lines = [f"controlled run: step {res['step']}, {res['kimg']:.2f} kimg"]
+    base = res.get("baseline")
+    for name, c in res["control"].items():
+        b = base["control"][name]["set"] if base else float("nan")
+        lines.append(f"  {name:<11s} {c['metric']:<15s} --set {c['set']:.3f}  random "
+                     f"{c['random']:.3f}  baseline --set {b:.3f}")
+    for tag, r in (("controlled", res), ("baseline", base)):
+        if r is None:
+            continue
+        for name, row in r["disentanglement"].items():
+            lines.append(f"  {tag} resample {name:<11s}: " +
+                         "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    return "\n".join(lines)
+
+
+def run_control_demo(outdir: str = "runs", minutes: float = 11.0, quick: bool = False,
+                     seed: int = 0, baseline: bool = True, progress: bool = True) -> Dict:
+    """Train the controllable demo model (and, with `baseline`, the uncontrolled one for as long),
+    then `evaluate_runs`; returns its dict (with `seconds` of each training run)."""
+    from .runner import run_training
+    limit = None if quick else minutes * 60
+    runs = {}
+    for tag in ("controlled", "baseline") if baseline else ("controlled",):
+        cfg = control_demo_config(quick, controlled=tag == "controlled", seed=seed)
+        runs[tag] = run_training(cfg, outdir, resume=None, progress=progress, max_seconds=limit)
+    res = evaluate_runs(runs["controlled"].run_dir,
+                        runs["baseline"].run_dir if baseline else None,
+                        n=64 if quick else 512, fit_n=256 if quick else 4096, seed=seed,
+                        eval_steps=50 if quick else 600)
+    res["seconds"] = {k: r.seconds for k, r in runs.items()}
+    return res
