@@ -39,7 +39,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _dispatch
+from . import _dispatch, _window_grad
 from .geometry import AttnGeometry
 
 # Import backends so their kernels are registered.
@@ -231,8 +231,11 @@ def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
     def backward(ctx, dout, _dlse):
         q, k, v, bias, out, lse = ctx.saved_tensors
         if _double_backward_needed(q, k, v, bias, dout):
-            attn = _sparse_attention(ctx.backend, "attention")
             geom = AttnGeometry.from_list(ctx.geom)
+            if _window_grad.whole_windows(geom):
+                grads = _window_grad.attention_grads(q, k, v, bias, out, lse, dout, geom, ctx.scale)
+                return (*grads, None, None, None)
+            attn = _sparse_attention(ctx.backend, "attention")
             f = lambda q, k, v, bias: attn(q, k, v, bias, geom, ctx.scale, ctx.backend)  # noqa: E731
             return (*_grads_through(f, (q, k, v, bias), dout), None, None, None)
         dq, dk, dv, dbias = ops.bwd(q, k, v, bias, out, lse, dout, ctx.geom, ctx.scale, ctx.backend)
@@ -248,9 +251,16 @@ def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
     def qkv_backward(ctx, dout, _dlse):
         qkv, bias, out, lse = ctx.saved_tensors
         if _double_backward_needed(qkv, bias, dout):
-            attn = _sparse_attention(ctx.backend, "attention_qkv")
             geom = AttnGeometry.from_list(ctx.geom)
             B, N, C3 = qkv.shape
+            if _window_grad.whole_windows(geom):
+                heads_view = lambda t: t.reshape(B, N, ctx.heads, -1).transpose(1, 2)  # noqa: E731
+                dq, dk, dv, dbias = _window_grad.attention_grads(
+                    *_split_qkv(qkv, ctx.heads), bias, heads_view(out), lse, heads_view(dout),
+                    geom, ctx.scale)
+                dqkv = torch.stack([t.transpose(1, 2) for t in (dq, dk, dv)], 2)  # (B, N, 3, h, d)
+                return dqkv.reshape(B, N, C3), dbias, None, None, None, None
+            attn = _sparse_attention(ctx.backend, "attention_qkv")
 
             def f(qkv, bias):
                 o = attn(*_split_qkv(qkv, ctx.heads), bias, geom, ctx.scale, ctx.backend)
