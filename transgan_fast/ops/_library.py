@@ -17,8 +17,11 @@ With `create_graph=True` (gradient penalties) the attention backward recomputes 
 the sparse-logit primitives of `_sparse.py` on the forward's backend (`qk` over each query's
 neighbour slots, softmax in float32, `av`) and differentiates that with autograd; each primitive's
 backward is made of the others, so gradients of every order stay on the fused kernels, with memory
-linear in N * K (K = the keys one query sees), never the dense N x N reference. A backend without
-the primitives raises `BackendUnavailableError`. Inputs passed in several slots (q is k) get each
+linear in N * K (K = the keys one query sees), never the dense N x N reference. Grid geometries
+whose unshifted windows tile the map (global attention included) take `_window_grad.py` instead:
+there a query's slots are its window, so the primitives are dense per-window products, and the
+second order is written out in closed form. A backend without the primitives raises
+`BackendUnavailableError` (whole-window grids do not need them). Inputs passed in several slots (q is k) get each
 slot's own gradient (`_grads_through`). Pixel norm's second order goes through its reference.
 
 Two families of the same ops share one body each (`_attention_ops`, `_linear_pair`):
