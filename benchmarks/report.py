@@ -104,7 +104,8 @@ def main(argv=None) -> None:
     md = markdown(table)
     train = train_markdown(groups)
     if train:
-        md += "\n\nTraining step (4 D steps with the penalty + 1 G step; D step = mean of the four):\n\n" + train
+        md += ("\n\nTraining step (4 D steps with the penalty + 1 G step; D step = mean of the "
+               "four):\n\n" + train)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(md + "\n")
