@@ -60,6 +60,21 @@ def markdown(table: List[dict]) -> str:
     return "\n".join(lines).replace("—×", "—")
 
 
+def train_markdown(groups: Dict[str, Dict[str, dict]]) -> str:
+    """The training-step groups (`bench_train_step.py`) with their D-step / G-step split."""
+    lines = ["| case | backend | iteration (s) | D step (s) | G step (s) | speedup vs ref "
+             "| peak extra RSS (MiB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for group in sorted(g for g in groups if g.startswith("train-")):
+        impls = groups[group]
+        ref = impls.get("ref", {}).get("mean")
+        for impl, v in sorted(impls.items(), key=lambda kv: kv[1]["mean"]):
+            vs = f"{ref / v['mean']:.2f}×" if ref else "—"
+            rss = v.get("peak_rss_mib")
+            lines.append(f"| {group[len('train-'):]} | {impl} | {v['mean']:.2f} | {v['d_step_s']:.2f} "
+                         f"| {v['g_step_s']:.2f} | {vs} | {'—' if rss is None else f'{rss:.0f}'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def chart(table: List[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -84,8 +99,13 @@ def main(argv=None) -> None:
     p.add_argument("--markdown", help="write the table here (default: print it)")
     p.add_argument("--png", help="write a speedup chart here")
     a = p.parse_args(argv)
-    table = rows(load(a.json))
+    groups = load(a.json)
+    table = rows(groups)
     md = markdown(table)
+    train = train_markdown(groups)
+    if train:
+        md += ("\n\nTraining step (4 D steps with the penalty + 1 G step; D step = mean of the "
+               "four):\n\n" + train)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(md + "\n")

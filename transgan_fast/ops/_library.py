@@ -17,8 +17,11 @@ With `create_graph=True` (gradient penalties) the attention backward recomputes 
 the sparse-logit primitives of `_sparse.py` on the forward's backend (`qk` over each query's
 neighbour slots, softmax in float32, `av`) and differentiates that with autograd; each primitive's
 backward is made of the others, so gradients of every order stay on the fused kernels, with memory
-linear in N * K (K = the keys one query sees), never the dense N x N reference. A backend without
-the primitives raises `BackendUnavailableError`. Inputs passed in several slots (q is k) get each
+linear in N * K (K = the keys one query sees), never the dense N x N reference. Grid geometries
+whose unshifted windows tile the map (global attention included) take `_window_grad.py` instead:
+there a query's slots are its window, so the primitives are dense per-window products, and the
+second order is written out in closed form. A backend without the primitives raises
+`BackendUnavailableError` (whole-window grids do not need them). Inputs passed in several slots (q is k) get each
 slot's own gradient (`_grads_through`). Pixel norm's second order goes through its reference.
 
 Two families of the same ops share one body each (`_attention_ops`, `_linear_pair`):
@@ -39,7 +42,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _dispatch
+from . import _dispatch, _window_grad
 from .geometry import AttnGeometry
 
 # Import backends so their kernels are registered.
@@ -231,8 +234,11 @@ def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
     def backward(ctx, dout, _dlse):
         q, k, v, bias, out, lse = ctx.saved_tensors
         if _double_backward_needed(q, k, v, bias, dout):
-            attn = _sparse_attention(ctx.backend, "attention")
             geom = AttnGeometry.from_list(ctx.geom)
+            if _window_grad.whole_windows(geom):
+                grads = _window_grad.attention_grads(q, k, v, bias, out, lse, dout, geom, ctx.scale)
+                return (*grads, None, None, None)
+            attn = _sparse_attention(ctx.backend, "attention")
             f = lambda q, k, v, bias: attn(q, k, v, bias, geom, ctx.scale, ctx.backend)  # noqa: E731
             return (*_grads_through(f, (q, k, v, bias), dout), None, None, None)
         dq, dk, dv, dbias = ops.bwd(q, k, v, bias, out, lse, dout, ctx.geom, ctx.scale, ctx.backend)
@@ -248,9 +254,16 @@ def _attention_ops(prefix: str, traced: bool) -> SimpleNamespace:
     def qkv_backward(ctx, dout, _dlse):
         qkv, bias, out, lse = ctx.saved_tensors
         if _double_backward_needed(qkv, bias, dout):
-            attn = _sparse_attention(ctx.backend, "attention_qkv")
             geom = AttnGeometry.from_list(ctx.geom)
             B, N, C3 = qkv.shape
+            if _window_grad.whole_windows(geom):
+                heads_view = lambda t: t.reshape(B, N, ctx.heads, -1).transpose(1, 2)  # noqa: E731
+                dq, dk, dv, dbias = _window_grad.attention_grads(
+                    *_split_qkv(qkv, ctx.heads), bias, heads_view(out), lse, heads_view(dout),
+                    geom, ctx.scale)
+                dqkv = torch.stack([t.transpose(1, 2) for t in (dq, dk, dv)], 2)  # (B, N, 3, h, d)
+                return dqkv.reshape(B, N, C3), dbias, None, None, None, None
+            attn = _sparse_attention(ctx.backend, "attention_qkv")
 
             def f(qkv, bias):
                 o = attn(*_split_qkv(qkv, ctx.heads), bias, geom, ctx.scale, ctx.backend)
