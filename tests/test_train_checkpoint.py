@@ -9,13 +9,16 @@ import time
 import pytest
 import torch
 
+import transgan_fast
 from _toy_models import ToyD, ToyG
 from transgan_fast.train import Trainer, resolve_config
 from transgan_fast.train import checkpoint as ck
 from transgan_fast.train.data import ShapesSource
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+# The child imports the same package as this process (the installed one in CI, not a checkout
+# without the compiled extension, whose kernels would differ in the last bits).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(transgan_fast.__file__)))
 
 
 def make_trainer(seed_models=0):

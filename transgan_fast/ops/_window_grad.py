@@ -97,11 +97,23 @@ def _zeros_or_part(g: Optional[Tensor], like: Tensor, geom: AttnGeometry) -> Ten
     return torch.zeros_like(like) if g is None else _part(g, geom).to(like.dtype)
 
 
+def _without_autocast(fn):
+    """Runs `fn(ctx, first, ...)` with autocast off on `first`'s device: the closed form casts
+    to its own accumulation dtype, and autocast would turn its float32 products into bf16/fp16
+    ones mid-formula (the fused ops' autocast rule has already cast the inputs)."""
+    @functools.wraps(fn)
+    def wrapped(ctx, first, *rest):
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(ctx, first, *rest)
+    return wrapped
+
+
 class _AttentionGrads(torch.autograd.Function):
     """`(q, k, v, bias, dout; out, lse) -> (dq, dk, dv, dbias)`; out and lse are the forward's
     saved results (constants here: the closed form differentiates through O = P V itself)."""
 
     @staticmethod
+    @_without_autocast
     def forward(ctx, q, k, v, bias, dout, out, lse, geom, scale):
         B, h = q.shape[:2]
         acc = _acc(q)
@@ -128,6 +140,12 @@ class _AttentionGrads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gq, gk, gv, gb):
+        q = ctx.saved_tensors[0]
+        with torch.autocast(q.device.type, enabled=False):
+            return _AttentionGrads._backward(ctx, gq, gk, gv, gb)
+
+    @staticmethod
+    def _backward(ctx, gq, gk, gv, gb):
         q, k, v, bias, dout = ctx.saved_tensors
         geom, scale = ctx.geom, ctx.scale
         if torch.is_grad_enabled():  # create_graph again: third order and above
