@@ -40,6 +40,7 @@ def flat_state(t):
 
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, torch
+    torch.set_num_threads({threads})  # the parent's: reductions split by thread count
     sys.path[:0] = [{root!r}, {here!r}]
     from test_train_checkpoint import make_trainer, flat_state
     from transgan_fast.train import checkpoint as ck
@@ -63,7 +64,8 @@ def test_resume_is_bit_exact_in_fresh_process(tmp_path):
         first.step()
     ck.save_checkpoint(str(tmp_path), first.state_dict(), first.step_idx)
     out = tmp_path / "resumed.pt"
-    code = RESUME_SCRIPT.format(root=ROOT, here=HERE, run=str(tmp_path), n=N // 2, out=str(out))
+    code = RESUME_SCRIPT.format(root=ROOT, here=HERE, run=str(tmp_path), n=N // 2, out=str(out),
+                              threads=torch.get_num_threads())
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     resumed = torch.load(out, weights_only=True)
     ref = flat_state(straight)
