@@ -213,7 +213,7 @@ MEM_SIDE = 32 if QUICK else 128
 # the checkout beside this file, which holds no compiled extension after `pip install .`.
 _MEM_SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = [sys.argv[1], sys.argv[5]]  # the parent's package directory, then benchmarks/
     import transgan_fast
     from transgan_fast.ops.attention import attention
     from transgan_fast.ops.geometry import grid_geometry, local_geometry
@@ -226,17 +226,11 @@ _MEM_SCRIPT = textwrap.dedent("""
     small = grid_geometry((4, 4), (2, 2))   # warm every code path before the baseline
     t = torch.randn(1, 1, 16, 16, requires_grad=True)
     attention(t, t, t, small, backend=backend).sum().backward()
-    def status(key):  # kB
-        for line in open("/proc/self/status"):
-            if line.startswith(key):
-                return int(line.split()[1])
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    base = status("VmRSS:")
-    out = attention(q, k, v, geom, rb, backend=backend)
-    out.sum().backward()
-    peak = status("VmHWM:")
-    print(json.dumps({"extra_peak_mib": (peak - base) / 1024, "package": transgan_fast.__file__,
+    from _memory import PeakRSS
+    with PeakRSS() as peak:
+        out = attention(q, k, v, geom, rb, backend=backend)
+        out.sum().backward()
+    print(json.dumps({"extra_peak_mib": peak.extra_mib, "package": transgan_fast.__file__,
                       "qkv_mib": 3 * q.numel() * 4 / 2 ** 20}))
 """)
 
@@ -250,8 +244,10 @@ def test_memory(benchmark, kind, backend):
 
     def run():
         # cwd outside any checkout: `python -c` puts the working directory first on sys.path.
+        bench_dir = str(Path(__file__).resolve().parent)
         p = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, package_parent, kind, backend,
-                            str(MEM_SIDE)], capture_output=True, text=True, cwd=tempfile.gettempdir())
+                            str(MEM_SIDE), bench_dir],
+                           capture_output=True, text=True, cwd=tempfile.gettempdir())
         assert p.returncode == 0, f"memory child failed:\n{p.stderr[-3000:]}"
         res.update(json.loads(p.stdout.strip().splitlines()[-1]))
 

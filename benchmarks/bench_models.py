@@ -25,6 +25,7 @@ from transgan_fast.models import build
 from transgan_fast.nn import set_backend
 from transgan_fast.ops import _dispatch
 
+from _memory import PeakRSS, rss_mib
 from conftest import QUICK
 
 ROUNDS = int(os.environ.get("TGF_BENCH_MODEL_ROUNDS", "1"))
@@ -46,24 +47,6 @@ def _skip_unless_model_runs(backend: str) -> None:
     why = [w for op in MODEL_OPS if (w := _dispatch._why_not(backend, op, torch.device("cpu"), torch.float32))]
     if why:
         pytest.skip("; ".join(why))
-
-
-def _rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) for this process; False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 _outputs = {}
@@ -128,19 +111,16 @@ def test_cifar10_generator_fwd_bwd_b8(benchmark, cifar_g, backend):
 def test_church256_generator_fwd_b1(benchmark, church_g, backend):
     _skip_unless_model_runs(backend)
     z = torch.randn(1, church_g.latent_dim, generator=torch.Generator().manual_seed(1))
-    mem = {}
+    peak = PeakRSS()
 
     @torch.no_grad()
     def fwd():
         torch.manual_seed(0)
         return church_g(z)
 
-    def reset():
-        mem["base"] = _rss_mb("VmRSS")
-        mem["exact"] = _reset_peak_rss()
-
-    _time(benchmark, "model-church256-G-fwd-b1", backend, church_g, fwd, before_timing=reset,
+    _time(benchmark, "model-church256-G-fwd-b1", backend, church_g, fwd, before_timing=peak.start,
           weights_mb=round(sum(p.numel() for p in church_g.parameters()) * 4 / 2 ** 20, 1))
-    peak = _rss_mb("VmHWM")
-    benchmark.extra_info.update(peak_rss_mb=round(peak, 1), forward_rss_mb=round(peak - mem["base"], 1),
-                                peak_is_forward_only=mem["exact"] and ROUNDS == 1)
+    extra = peak.stop()
+    benchmark.extra_info.update(peak_rss_mb=round(rss_mib("VmHWM"), 1),
+                                forward_rss_mb=round(extra, 1) if extra is not None else None,
+                                peak_is_forward_only=extra is not None and ROUNDS == 1)

@@ -143,16 +143,10 @@ _MEM_SCRIPT = textwrap.dedent("""
     bs.penalty_step(bs.impl_fn(impl, small, None), *bs.inputs(small, False, 1, 1))
     q, k, v, w, rb = bs.inputs(geom, bias)
     fn = bs.impl_fn(impl, geom, rb)
-    def status(key):  # kB
-        for line in open("/proc/self/status"):
-            if line.startswith(key):
-                return int(line.split()[1])
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    base = status("VmRSS:")
-    bs.penalty_step(fn, q, k, v, w, rb)
-    print(json.dumps({"extra_peak_mib": (status("VmHWM:") - base) / 1024,
-                      "package": transgan_fast.__file__}))
+    from _memory import PeakRSS
+    with PeakRSS() as peak:
+        bs.penalty_step(fn, q, k, v, w, rb)
+    print(json.dumps({"extra_peak_mib": peak.extra_mib, "package": transgan_fast.__file__}))
 """)
 
 

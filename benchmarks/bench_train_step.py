@@ -12,7 +12,7 @@ Each backend starts from the same weights and seeds. The time of one recipe iter
 into the D steps (penalty included; `d_step_s` is the mean of the four) and the G step (`g_step_s`,
 EMA update included) by timestamps taken after each optimizer step; `peak_rss_mib` is the peak
 resident memory of the iteration above what the process held before it (Linux VmHWM after a
-reset). Before timing, every backend's losses of the first step are checked against `ref`'s.
+reset, with the allocator's freed pages returned to the system first). Before timing, every backend's losses of the first step are checked against `ref`'s.
 
 Precisions: `fp32`, and `bf16` (CPU or CUDA autocast, ours against `ref` under the same autocast).
 bf16 runs only where the processor has native bfloat16 arithmetic: without it (AVX2-only CPUs)
@@ -43,6 +43,7 @@ from transgan_fast.train import Trainer, resolve_config
 from transgan_fast.train.data import ArraySource
 from transgan_fast.train.distributed import DistEnv
 
+from _memory import PeakRSS
 from conftest import QUICK
 
 ROUNDS = int(os.environ.get("TGF_BENCH_TRAIN_ROUNDS", "1"))
@@ -184,23 +185,6 @@ def _iteration(tr: TimedTrainer) -> Dict[str, float]:
     return {"d": d, "g": g, "stats": first}
 
 
-def _rss_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 _first_stats: Dict[tuple, Dict[str, float]] = {}
 STAT_KEYS = ("D/real", "D/fake", "D/gp", "G/loss")
 
@@ -238,15 +222,14 @@ def test_train_step(benchmark, case, precision, backend):
     else:
         first = None
     parts = []
-    base = {}
+    peak = PeakRSS()
 
     def run():
-        base["rss"], base["exact"] = _rss_mib("VmRSS"), _reset_peak()
-        parts.append(_iteration(tr))
+        with peak:
+            parts.append(_iteration(tr))
 
     benchmark.group = f"train-{case}-{precision}"
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    peak = _rss_mib("VmHWM") - base["rss"]
     _check_against_ref((case, precision), backend, first or parts[0]["stats"], precision)
     n = len(parts)
     benchmark.extra_info.update(
@@ -254,4 +237,4 @@ def test_train_step(benchmark, case, precision, backend):
         d_batch=CASES[case][2], steps=N_CRITIC,
         d_step_s=round(sum(p["d"] for p in parts) / n / N_CRITIC, 4),
         g_step_s=round(sum(p["g"] for p in parts) / n, 4),
-        peak_rss_mib=round(peak, 1) if base["exact"] else None)
+        peak_rss_mib=round(peak.extra_mib, 1) if peak.extra_mib is not None else None)
