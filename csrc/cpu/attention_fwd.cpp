@@ -121,6 +121,7 @@ bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
 
 template <typename T>
 void attn_fwd(const AttnFwdArgs<T>& a) {
+  if (local_fwd_plane(a)) return;
   const Geom& g = a.geom;
   // Threads split tiles: whole-window tiles only when there are windows for every thread.
   const int windows = g.kind == GRID ? grid_window_count(g, Y_AXIS) * grid_window_count(g, X_AXIS) : 0;

@@ -418,6 +418,11 @@ inline int tile_size_window(const Geom& g) {
   return tile_size(g);
 }
 
+// CLIP forward on the map plane, per window offset (attention_local_fwd.cpp); false when the
+// geometry is not one it handles (then the tile kernel runs).
+template <typename T>
+bool local_fwd_plane(const AttnFwdArgs<T>& a);
+
 // Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
 inline std::vector<float> bias_by_head(const float* bias, int rows, int heads) {
   std::vector<float> t(bias ? static_cast<size_t>(rows) * heads : 0);
