@@ -74,7 +74,7 @@ void flush_dbias(BwdScratch& s, double* db) {
 }
 
 // One (tile, slice).
-template <typename T>
+template <typename T, int VW>
 TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c, int dp, BwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
@@ -104,8 +104,8 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c,
     s.dkrows[j] = c.dk_acc + static_cast<size_t>(ti.k[j]) * dp;
     s.dvrows[j] = c.dv_acc + static_cast<size_t>(ti.k[j]) * dp;
   }
-  logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
-  logits_block(s.dorows.data(), nq, d, s.VT.data(), nkp, 1.f, s.dP.data());
+  logits_block<VW>(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
+  logits_block<VW>(s.dorows.data(), nq, d, s.VT.data(), nkp, 1.f, s.dP.data());
 
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
@@ -126,13 +126,13 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c,
     }
   }
   for (int i = 0; i < nq; ++i) s.D[i] = a.scale;  // row scale of dq
-  rows_times_packed(s.dP.data(), nq, nkp, nk, s.krows.data(), dp, d, s.D.data(), s.dqrows.data());
+  rows_times_packed<VW>(s.dP.data(), nq, nkp, nk, s.krows.data(), dp, d, s.D.data(), s.dqrows.data());
   if constexpr (!std::is_same_v<T, float>) store_rows_as(s.dqrows.data(), nq, d, dq, a.dq.sn, ti.q.data());
-  cols_times_packed(s.dP.data(), nq, nkp, nk, s.qrows.data(), dp, a.scale, s.dkrows.data());
-  cols_times_packed(s.S.data(), nq, nkp, nk, s.dorows.data(), dp, 1.f, s.dvrows.data());
+  cols_times_packed<VW>(s.dP.data(), nq, nkp, nk, s.qrows.data(), dp, a.scale, s.dkrows.data());
+  cols_times_packed<VW>(s.S.data(), nq, nkp, nk, s.dorows.data(), dp, 1.f, s.dvrows.data());
 }
 
-TGF_ISA_DISPATCH_T(bwd_tile, bwd_tile_body<T>,
+TGF_ISA_DISPATCH_TV(bwd_tile, bwd_tile_body,
                    (const AttnBwdArgs<T>& a, const SliceCtx& c, int dp, BwdScratch& s), (a, c, dp, s))
 
 // Writes accumulated rows (N x dp) into a strided (N, d) output, rounded to T.

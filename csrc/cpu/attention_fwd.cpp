@@ -42,7 +42,7 @@ struct FwdScratch {
 
 // One (tile, batch, head): logits, masked softmax with bias, P V, lse. `v_nonfinite`: this
 // (batch, head) slice of v holds a NaN/Inf somewhere (then the tile checks its own keys).
-template <typename T>
+template <typename T, int VW>
 TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, int b, int hh, int dp,
                                       bool v_nonfinite, FwdScratch& s) {
   const TileIndex& ti = s.ti;
@@ -63,7 +63,7 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, 
     row_ptrs(q, a.q.sn, ti.q.data(), nq, d, dp, s.Q.data(), s.qrows.data());
     for (int i = 0; i < nq; ++i) s.orows[i] = s.O.data() + static_cast<size_t>(i) * dp;
   }
-  logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
+  logits_block<VW>(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
 
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < nq; ++i) {
@@ -101,11 +101,11 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, 
     rows_times_visible(s.S.data(), nq, nkp, nk, s.vrows.data(), d, ti.brow.data(), s.inv.data(),
                        s.orows.data());
   else
-    rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
+    rows_times_packed<VW>(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
   if constexpr (!std::is_same_v<T, float>) store_rows_as(s.orows.data(), nq, d, o, a.out.sn, ti.q.data());
 }
 
-TGF_ISA_DISPATCH_T(fwd_tile, fwd_tile_body<T>,
+TGF_ISA_DISPATCH_TV(fwd_tile, fwd_tile_body,
                    (const AttnFwdArgs<T>& a, const float* KTs, int b, int hh, int dp, bool v_nonfinite,
                     FwdScratch& s),
                    (a, KTs, b, hh, dp, v_nonfinite, s))

@@ -22,8 +22,11 @@ namespace tgf {
 namespace cpu_attn {
 
 constexpr int QB = 4;    // rows per register block (queries, or keys in dk/dv)
-constexpr int JB = 32;   // candidate keys per register block (logit micro-kernel)
+constexpr int JB = 32;   // candidate keys are padded to a multiple of JB
 constexpr int DB = 16;   // head-dim lanes per register block (value micro-kernels)
+// Register blocks are QB rows x 2 vectors of the ISA copy's width VW (8 accumulators): 32 lanes
+// with AVX-512, 16 with AVX2, whose 16 registers cannot hold the 4 x 32 block of AVX-512 plus
+// its operands (the compiler spilled the accumulators to the stack).
 
 // Hot helpers are force-inlined into the per-ISA entry points (TGF_ISA_DISPATCH below), so
 // each copy is compiled for that ISA.
@@ -67,6 +70,26 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
     else if (level == 3) name##_v3<T> ARGS;                                                \
     else name##_v1<T> ARGS;                                                                \
   }
+// The same, passing the copy's vector width VW (floats per register: 16, 8, 4) as a second
+// template argument of `body_tmpl`, so register blocks fit each ISA's register file.
+#define TGF_ISA_DISPATCH_TV(name, body_tmpl, PARAMS, ARGS)                                 \
+  template <typename T>                                                                    \
+  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
+    body_tmpl<T, 16> ARGS;                                                                 \
+  }                                                                                        \
+  template <typename T>                                                                    \
+  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_tmpl<T, 8> ARGS; } \
+  template <typename T>                                                                    \
+  void name##_v1 PARAMS { body_tmpl<T, 4> ARGS; }                                          \
+  template <typename T>                                                                    \
+  void name PARAMS {                                                                       \
+    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
+                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
+                                                                   : 1;                    \
+    if (level == 4) name##_v4<T> ARGS;                                                     \
+    else if (level == 3) name##_v3<T> ARGS;                                                \
+    else name##_v1<T> ARGS;                                                                \
+  }
 #else
 // Not x86-64 with GCC (cpu/platform.h): one copy, compiled for the build's target.
 #define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS) \
@@ -74,6 +97,9 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
 #define TGF_ISA_DISPATCH_T(name, body_fn, PARAMS, ARGS) \
   template <typename T>                                 \
   void name PARAMS { body_fn ARGS; }
+#define TGF_ISA_DISPATCH_TV(name, body_tmpl, PARAMS, ARGS) \
+  template <typename T>                                    \
+  void name PARAMS { body_tmpl<T, 8> ARGS; }
 #endif
 
 inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
@@ -175,27 +201,29 @@ TGF_KERNEL_INLINE float exp_neg(float x) {
 }
 
 // S[i, :nkp] = alpha * sum_c A_i[c] * BT[c, :nkp] for the nq rows A_i (pointers, d elements).
+template <int VW>
 TGF_KERNEL_INLINE void logits_block(const float* const* A, int nq, int d, const float* BT, int nkp,
                                 float alpha, float* S) {
+  constexpr int JV = 2 * VW;  // divides JB, so nkp
   for (int i0 = 0; i0 < nq; i0 += QB) {
     const float* a[QB];
     for (int r = 0; r < QB; ++r) a[r] = A[i0 + (i0 + r < nq ? r : 0)];
-    for (int jb = 0; jb < nkp; jb += JB) {
-      float acc[QB][JB];
+    for (int jb = 0; jb < nkp; jb += JV) {
+      float acc[QB][JV];
       for (int r = 0; r < QB; ++r)
-        for (int jj = 0; jj < JB; ++jj) acc[r][jj] = 0.f;
+        for (int jj = 0; jj < JV; ++jj) acc[r][jj] = 0.f;
       for (int c = 0; c < d; ++c) {
         const float* bt = BT + static_cast<size_t>(c) * nkp + jb;
         for (int r = 0; r < QB; ++r) {
           const float ar = a[r][c];
 #pragma omp simd
-          for (int jj = 0; jj < JB; ++jj) acc[r][jj] += ar * bt[jj];
+          for (int jj = 0; jj < JV; ++jj) acc[r][jj] += ar * bt[jj];
         }
       }
       for (int r = 0; r < QB && i0 + r < nq; ++r) {
         float* s = S + static_cast<size_t>(i0 + r) * nkp + jb;
 #pragma omp simd
-        for (int jj = 0; jj < JB; ++jj) s[jj] = alpha * acc[r][jj];
+        for (int jj = 0; jj < JV; ++jj) s[jj] = alpha * acc[r][jj];
       }
     }
   }
@@ -259,9 +287,12 @@ inline void rows_times_visible(const float* P, int nq, int nkp, int nk, const fl
   }
 }
 
+template <int VW>
 TGF_KERNEL_INLINE void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, int d, const float* rowscale, float* const* O) {
-  if (dp % (2 * DB) == 0) {  // 8 accumulator registers: enough independent FMA chains
+  if constexpr (VW < 16) {  // dp % DB == 0, so a multiple of 2 * VW
+    for (int c0 = 0; c0 < dp; c0 += 2 * VW) rows_times_impl<QB, 2 * VW>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  } else if (dp % (2 * DB) == 0) {  // 8 accumulator registers: enough independent FMA chains
     for (int c0 = 0; c0 < dp; c0 += 2 * DB) rows_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
   } else {
     for (int c0 = 0; c0 < dp; c0 += DB) rows_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
@@ -294,9 +325,12 @@ TGF_KERNEL_INLINE void cols_times_impl(const float* P, int nq, int nkp, int nk, 
   }
 }
 
+template <int VW>
 TGF_KERNEL_INLINE void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, float alpha, float* const* Acc) {
-  if (dp % (2 * DB) == 0) {
+  if constexpr (VW < 16) {
+    for (int c0 = 0; c0 < dp; c0 += 2 * VW) cols_times_impl<QB, 2 * VW>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  } else if (dp % (2 * DB) == 0) {
     for (int c0 = 0; c0 < dp; c0 += 2 * DB) cols_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
   } else {
     for (int c0 = 0; c0 < dp; c0 += DB) cols_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
