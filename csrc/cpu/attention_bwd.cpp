@@ -11,6 +11,7 @@
 // otherwise the tiles of one slice are split across threads and their buffers are reduced.
 #include <algorithm>
 #include "cpu/attention_tile.h"
+#include "cpu/vec8.h"
 #include "cpu/kernels.h"
 
 namespace tgf {
@@ -113,11 +114,12 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c,
     const float* bt = a.bias ? s.bt + static_cast<size_t>(i) * nkp : nullptr;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
     const float m = lse[ti.q[i]], Di = s.D[i];
-#pragma omp simd
-    for (int j = 0; j < nkp; ++j) {
-      const float p = br[j] >= 0 ? exp_neg(srow[j] + (bt ? bt[j] : 0.f) - m) : 0.f;
-      srow[j] = p;                                         // S now holds P
-      dprow[j] = br[j] >= 0 ? p * (dprow[j] - Di) : 0.f;   // dP now holds dS
+    for (int j = 0; j < nkp; j += 8) {  // nkp % 8 == 0
+      const v8i vis = load8i(br + j) >= 0;
+      const v8f x = bt ? load8(srow + j) + load8(bt + j) : load8(srow + j);
+      const v8f p = select8(vis, exp_neg8(x - m), v8f{});
+      store8(srow + j, p);                                               // S now holds P
+      store8(dprow + j, select8(vis, p * (load8(dprow + j) - Di), v8f{}));  // dP now holds dS
     }
     if (c.want_db) {
       float* ds = s.dS_sum.data() + static_cast<size_t>(i) * nkp;

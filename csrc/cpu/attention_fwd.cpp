@@ -9,6 +9,7 @@
 // output row is written by exactly one thread.
 #include <algorithm>
 #include "cpu/attention_tile.h"
+#include "cpu/vec8.h"
 #include "cpu/kernels.h"
 
 namespace tgf {
@@ -69,31 +70,23 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, 
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
-    // The select keeps a NaN logit of a masked key out of this row.
-    float m = ninf;
-    if (a.bias) {
-      const float* bt = s.bt + static_cast<size_t>(i) * nkp;
-#pragma omp simd reduction(max : m)
-      for (int j = 0; j < nkp; ++j) {
-        const float x = br[j] >= 0 ? srow[j] + bt[j] : ninf;
-        srow[j] = x;
-        m = m > x ? m : x;
-      }
-    } else {
-#pragma omp simd reduction(max : m)
-      for (int j = 0; j < nkp; ++j) {
-        const float x = br[j] >= 0 ? srow[j] : ninf;
-        srow[j] = x;
-        m = m > x ? m : x;
-      }
+    // The select keeps a NaN logit of a masked key out of this row (nkp % 8 == 0).
+    const float* bt = a.bias ? s.bt + static_cast<size_t>(i) * nkp : nullptr;
+    v8f m8 = splat8(ninf);
+    for (int j = 0; j < nkp; j += 8) {
+      const v8f x = select8(load8i(br + j) >= 0, bt ? load8(srow + j) + load8(bt + j) : load8(srow + j),
+                            splat8(ninf));
+      store8(srow + j, x);
+      m8 = select8(m8 > x, m8, x);
     }
-    float l = 0.f;
-#pragma omp simd reduction(+ : l)
-    for (int j = 0; j < nkp; ++j) {
-      const float p = br[j] >= 0 ? exp_neg(srow[j] - m) : 0.f;
-      srow[j] = p;
-      l += p;
+    const float m = hmax8(m8);
+    v8f l8 = v8f{};
+    for (int j = 0; j < nkp; j += 8) {
+      const v8f p = select8(load8i(br + j) >= 0, exp_neg8(load8(srow + j) - m), v8f{});
+      store8(srow + j, p);
+      l8 += p;
     }
+    const float l = hsum8(l8);
     s.inv[i] = 1.f / l;
     lse[ti.q[i]] = m + std::log(l);
   }

@@ -17,6 +17,7 @@
 // storage type T is converted once per element.
 #include <algorithm>
 #include "cpu/attention_tile.h"
+#include "cpu/vec8.h"
 #include "cpu/kernels.h"
 
 namespace tgf {
@@ -24,41 +25,9 @@ using namespace cpu_attn;
 
 namespace {
 
-constexpr int LB = 8;   // queries per vector: consecutive columns of one map row
+constexpr int LB = 8;   // queries per vector (v8f): consecutive columns of one map row
 constexpr int CB = 8;   // value channels per register block of P V
 constexpr int NBX = 7;  // window columns per register block of the logits
-
-// Vectors of LB lanes as GCC vector types (one register with AVX2, two with SSE2): loops of a
-// constant 8 iterations are unrolled before the vectorizer sees them, so `omp simd` on them
-// produced scalar code.
-static_assert(LB == 8, "the lane index vector below lists 8 lanes");
-typedef float v8f __attribute__((vector_size(4 * LB)));
-typedef int v8i __attribute__((vector_size(4 * LB)));
-typedef float v8f_u __attribute__((vector_size(4 * LB), aligned(4), may_alias));
-TGF_KERNEL_INLINE v8f load8(const float* p) { return *reinterpret_cast<const v8f_u*>(p); }
-TGF_KERNEL_INLINE void store8(float* p, v8f v) { *reinterpret_cast<v8f_u*>(p) = v; }
-TGF_KERNEL_INLINE v8f splat8(float x) { return v8f{} + x; }
-
-// exp_neg of attention_tile.h on a vector: the same polynomial, rounding to nearest by adding
-// and subtracting 1.5 * 2^23 (exact for the |x| < 2^22 that reach it).
-TGF_KERNEL_INLINE v8f exp_neg8(v8f x) {
-  const v8f lo = splat8(-87.0f), round = splat8(12582912.0f);
-  const v8f xc = x < lo ? lo : x;
-  const v8f n = (xc * 1.44269504088896341f + round) - round;
-  v8f r = xc - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  v8f p = splat8(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  v8f e = p * reinterpret_cast<const v8f&>(bits);
-  e = x < lo ? v8f{} : e;
-  return x != x ? x : e;
-}
 
 struct LocalShape {
   int H, W, r1, r2, KY, KX, K;  // map, radii, window KY x KX = K slots
@@ -79,28 +48,6 @@ struct LocalScratch {
     sbias.resize(sh.K);
   }
 };
-
-// Transposes the 8 x 8 block r[token][channel] in place into r[channel][token]
-// (unpack / shuffle / 128-bit lane swap; GCC lowers the shuffles to those instructions).
-TGF_KERNEL_INLINE void transpose8(v8f* r) {
-  v8f t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], v8i{0, 8, 1, 9, 4, 12, 5, 13});
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], v8i{2, 10, 3, 11, 6, 14, 7, 15});
-  }
-  for (int i = 0; i < 8; i += 4)
-    for (int j = 0; j < 2; ++j) {
-      u[i + j] = __builtin_shuffle(t[i + j], t[i + j + 2], v8i{0, 1, 8, 9, 4, 5, 12, 13});
-      u[i + j + 2] = __builtin_shuffle(t[i + j], t[i + j + 2], v8i{2, 3, 10, 11, 6, 7, 14, 15});
-    }
-  // u[k] holds channel order[k] of tokens 0-3, then channel order[k] + 4 of tokens 0-3 (u[k + 4]:
-  // the same for tokens 4-7); joining 128-bit halves gives whole channels.
-  const int order[4] = {0, 2, 1, 3};
-  for (int k = 0; k < 4; ++k) {
-    r[order[k]] = __builtin_shuffle(u[k], u[k + 4], v8i{0, 1, 2, 3, 8, 9, 10, 11});
-    r[order[k] + 4] = __builtin_shuffle(u[k], u[k + 4], v8i{4, 5, 6, 7, 12, 13, 14, 15});
-  }
-}
 
 // dst[c][pr][xoff + x] = src(row y0 + pr, column x) channel c, for the plane rows pr < prows
 // whose map row lies in [0, H); every other entry of the d (of nch) channel planes is zero.
@@ -220,9 +167,10 @@ TGF_KERNEL_INLINE void local_task_body(const AttnFwdArgs<T>& a, const LocalShape
         for (int bx = 0; bx < KX; ++bx) {
           float* srow = S + static_cast<size_t>(ay * KX + bx) * LB;
           const v8i xk = lane + (x0 - sh.r2 + bx);  // key column of each lane
-          const v8f v = (xk >= 0 && xk < W) ? load8(srow) * scale + s.sbias[ay * KX + bx] : splat8(ninf);
+          const v8f v = select8((xk >= 0) & (xk < W), load8(srow) * scale + s.sbias[ay * KX + bx],
+                                splat8(ninf));
           store8(srow, v);
-          m = m > v ? m : v;
+          m = select8(m > v, m, v);
         }
       for (int ay = alo; ay < ahi; ++ay)
         for (int bx = 0; bx < KX; ++bx) {

@@ -17,6 +17,7 @@
 #include <vector>
 #include "common/tiles.h"
 #include "cpu/kernels.h"
+#include "cpu/vec8.h"
 
 namespace tgf {
 namespace cpu_attn {
@@ -367,12 +368,18 @@ TGF_KERNEL_INLINE void store_rows_as(const float* const* src, int n, int d, T* d
 
 
 // Gathers the tile's candidate columns from a transposed slice XT (d x N) into dst (d x nkp),
-// run by run (contiguous copies), zero-padding columns to nkp.
+// run by run, zero-padding columns to nkp.
 TGF_KERNEL_INLINE void pack_cols_t(const float* XT, int N, const TileIndex& ti, int d, float* dst) {
   for (int c = 0; c < d; ++c) {
     const float* src = XT + static_cast<size_t>(c) * N;
     float* o = dst + static_cast<size_t>(c) * ti.nkp;
-    for (const TileIndex::Run& r : ti.runs) std::memcpy(o + r.j0, src + r.t0, sizeof(float) * r.len);
+    for (const TileIndex::Run& r : ti.runs) {  // short runs (a tile or window row): no memcpy call
+      const float* x = src + r.t0;
+      float* y = o + r.j0;
+      int j = 0;
+      for (; j + 8 <= r.len; j += 8) store8(y + j, load8(x + j));
+      for (; j < r.len; ++j) y[j] = x[j];
+    }
     for (int j = ti.nk; j < ti.nkp; ++j) o[j] = 0.f;
   }
 }
@@ -389,8 +396,19 @@ inline void transpose_slices(const View<T>& x, int B, int heads, int N, int d, f
       const T* src = x.slice(sl / heads, sl % heads);
       float* dst = XT + static_cast<size_t>(sl) * d * N;
       const int n1 = (blk + 1) * NB < N ? (blk + 1) * NB : N;
+      int n = blk * NB;
+      if constexpr (std::is_same_v<T, float>) {  // whole 8 x 8 blocks transposed in registers
+        if (d % 8 == 0)
+          for (; n + 8 <= n1; n += 8)
+            for (int c0 = 0; c0 < d; c0 += 8) {
+              v8f r[8];
+              for (int i = 0; i < 8; ++i) r[i] = load8(src + (n + i) * x.sn + c0);
+              transpose8(r);
+              for (int cc = 0; cc < 8; ++cc) store8(dst + static_cast<size_t>(c0 + cc) * N + n, r[cc]);
+            }
+      }
       for (int c = 0; c < d; ++c)
-        for (int n = blk * NB; n < n1; ++n) dst[static_cast<size_t>(c) * N + n] = to_f32(src[n * x.sn + c]);
+        for (int m = n; m < n1; ++m) dst[static_cast<size_t>(c) * N + m] = to_f32(src[m * x.sn + c]);
     }
 }
 
