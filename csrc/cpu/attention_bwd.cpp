@@ -162,9 +162,9 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, heads);
   const size_t sl_nd = static_cast<size_t>(N) * d, rows_nd = static_cast<size_t>(N) * dp;
   // K and V transposed once per slice, so tiles gather candidate columns with contiguous copies.
-  std::vector<float> KT(slices * sl_nd), VT(slices * sl_nd);
-  transpose_slices(a.k, a.B, heads, N, d, KT.data(), threads);
-  transpose_slices(a.v, a.B, heads, N, d, VT.data(), threads);
+  const auto KT = uninit_floats(slices * sl_nd), VT = uninit_floats(slices * sl_nd);
+  transpose_slices(a.k, a.B, heads, N, d, KT.get(), threads);
+  transpose_slices(a.v, a.B, heads, N, d, VT.get(), threads);
   // dbias accumulators per slice (double), summed over slices in a fixed order at the end, so
   // dbias does not depend on which thread ran which slice.
   const size_t nrows = a.dbias ? static_cast<size_t>(a.bias_rows) : 0;
@@ -173,7 +173,7 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
   auto ctx = [&](int sl, float* dk, float* dv) {
     const int hh = sl / a.B, b = sl % a.B;
     const size_t off = (static_cast<size_t>(b) * heads + hh) * sl_nd;
-    return SliceCtx{b, hh, KT.data() + off, VT.data() + off, dk, dv, a.dbias != nullptr};
+    return SliceCtx{b, hh, KT.get() + off, VT.get() + off, dk, dv, a.dbias != nullptr};
   };
 
   if (slices >= threads) {
@@ -182,15 +182,15 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
     // walk is tiles outer, slices inner, so a tile's index table is built once per block.
     const int per = std::max(1, slices / (4 * threads));
     const int nblocks = (slices + per - 1) / per;
-    std::vector<float> dk_acc(slices * rows_nd), dv_acc(slices * rows_nd);
+    const auto dk_acc = uninit_floats(slices * rows_nd), dv_acc = uninit_floats(slices * rows_nd);
 #pragma omp parallel num_threads(threads)
     {
       BwdScratch s(TQ, maxk, d, dp, heads);
 #pragma omp for schedule(dynamic, 1)
       for (int blk = 0; blk < nblocks; ++blk) {
         const int s0 = blk * per, s1 = std::min(slices, s0 + per);
-        std::fill(dk_acc.begin() + s0 * rows_nd, dk_acc.begin() + s1 * rows_nd, 0.f);
-        std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
+        std::fill(dk_acc.get() + s0 * rows_nd, dk_acc.get() + s1 * rows_nd, 0.f);
+        std::fill(dv_acc.get() + s0 * rows_nd, dv_acc.get() + s1 * rows_nd, 0.f);
         for (int u = 0; u < ntiles; ++u) {
           if (!build_tile(g, TQ, tile_visit(g, TQ, u), s.ti)) continue;
           int group = -1;  // first slice of the current run of one head
@@ -201,14 +201,14 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
               if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
               group = sl;
             }
-            bwd_tile(a, ctx(sl, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
+            bwd_tile(a, ctx(sl, dk_acc.get() + sl * rows_nd, dv_acc.get() + sl * rows_nd), dp, s);
           }
           if (a.dbias) flush_dbias(s, db_acc.data() + group * nrows);
         }
         for (int sl = s0; sl < s1; ++sl) {
           const int hh = sl / a.B, b = sl % a.B;
-          store_rows(dk_acc.data() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
-          store_rows(dv_acc.data() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
+          store_rows(dk_acc.get() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
+          store_rows(dv_acc.get() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
         }
       }
     }

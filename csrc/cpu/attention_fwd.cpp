@@ -123,8 +123,8 @@ void attn_fwd(const AttnFwdArgs<T>& a) {
   const int dp = round_up(a.d, DB);
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, a.heads);
   // K transposed once per slice (d x N), so tiles gather candidate columns with contiguous copies.
-  std::vector<float> KT(static_cast<size_t>(a.B) * a.heads * a.d * a.N);
-  transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.data(), a.threads);
+  const auto KT = uninit_floats(static_cast<size_t>(a.B) * a.heads * a.d * a.N);
+  transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.get(), a.threads);
   // One pass over v flags the slices holding a NaN/Inf, so clean slices skip the per-tile check.
   std::vector<char> v_nonfinite(static_cast<size_t>(a.B) * a.heads);
 #pragma omp parallel for num_threads(a.threads) schedule(static)
@@ -147,7 +147,7 @@ void attn_fwd(const AttnFwdArgs<T>& a) {
       for (int hh = 0; hh < a.heads; ++hh) {
         if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
         for (int b = 0; b < a.B; ++b)
-          fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp,
+          fwd_tile(a, KT.get() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp,
                    v_nonfinite[static_cast<size_t>(b) * a.heads + hh] != 0, s);
       }
     }

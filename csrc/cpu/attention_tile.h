@@ -6,13 +6,14 @@
 // compiler turns into AVX2/AVX-512 code (TGF_ISA_DISPATCH compiles each tile function once per
 // ISA and picks one at run time), and apply the exact per-pair mask and relative bias from a
 // table of bias rows (-1 = masked) that GRID tiles of regular windows share.
-// No -ffast-math: exp is a polynomial written here so it vectorizes while keeping NaN.
+// No -ffast-math: exp is a polynomial (exp_neg8, cpu/vec8.h) that vectorizes while keeping NaN.
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 #include "common/tiles.h"
@@ -105,6 +106,10 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
 
 inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
 
+// n floats left uninitialized, for per-call buffers that are written before they are read:
+// as zero-initialized vectors, their few MB cost a memset on fresh pages at every call.
+inline std::unique_ptr<float[]> uninit_floats(size_t n) { return std::unique_ptr<float[]>(new float[n]); }
+
 // Query tile size per geometry kind: the local kinds' 2-D tiles (2x4 for 8, 4x4 for 16; see
 // common/tiles.h) stay small so that the candidate set (tile grown by k - 1 per axis) is not
 // dominated by masked keys.
@@ -177,28 +182,6 @@ TGF_KERNEL_INLINE void fill_brow_body(const Geom& g, TileIndex& ti) {
     }
     for (int j = ti.nk; j < ti.nkp; ++j) br[j] = -1;
   }
-}
-
-// exp(x) for x <= 0 (softmax arguments), vectorizable; exact 0 below -87.3, NaN stays NaN.
-// Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n from the exponent bits.
-TGF_KERNEL_INLINE float exp_neg(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
-  float r = xc - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(float));
-  float e = p * two_n;
-  e = x < -87.0f ? 0.0f : e;
-  return x != x ? x : e;
 }
 
 // S[i, :nkp] = alpha * sum_c A_i[c] * BT[c, :nkp] for the nq rows A_i (pointers, d elements).

@@ -1,8 +1,8 @@
 // Vectors of 8 floats as compiler vector types (GCC/clang `vector_size`): one register with
 // AVX2, half of one with AVX-512, two with SSE2 or NEON, chosen by whichever ISA copy of a kernel
-// includes them (attention_tile.h, TGF_ISA_DISPATCH). The kernels' short loops over 8 lanes were
-// unrolled before the auto-vectorizer saw them, and the exp of the softmax loops was left scalar
-// (an `omp simd` loop calling exp_neg), so the hot loops are written on these types instead.
+// includes them (attention_tile.h, TGF_ISA_DISPATCH). Written with `omp simd`, loops of 8 lanes
+// were unrolled before the auto-vectorizer saw them and the softmax's exp stayed scalar, so the
+// hot loops use these types.
 #pragma once
 #include <cstdint>
 
@@ -51,9 +51,9 @@ TGF_VEC_INLINE float hmax8(v8f v) {
   return m;
 }
 
-// exp(x) for x <= 0 lane by lane: exp_neg of attention_tile.h (same polynomial and constants),
-// rounding to nearest by adding and subtracting 1.5 * 2^23 (exact for the |x| < 2^22 that reach
-// it); exact 0 below -87, NaN stays NaN.
+// exp(x) for x <= 0 (softmax arguments) lane by lane; exact 0 below -87, NaN stays NaN.
+// Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n from the exponent
+// bits; n rounded to nearest by adding and subtracting 1.5 * 2^23 (exact for |x| < 2^22).
 TGF_VEC_INLINE v8f exp_neg8(v8f x) {
   const v8f lo = splat8(-87.0f), round = splat8(12582912.0f);
   const v8f xc = select8(x < lo, lo, x);
