@@ -48,6 +48,36 @@ def sdpa_peer(geom: AttnGeometry, rel_bias: Optional[torch.Tensor], heads: int):
     return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def partition_peer(geom: AttnGeometry, rel_bias: Optional[torch.Tensor], heads: int):
+    """Swin without a fused kernel: partition the map into its windows, SDPA on
+    (B, heads * windows, M1 * M2, d) (the in-window bias as a dense (L, L) term per head), then
+    the reverse permutation. Unshifted windows that tile the map only."""
+    H, W = geom.H, geom.W
+    (M1, M2), shift = geom.grid_window, geom.grid_shift
+    if shift != (0, 0) or H % M1 or W % M2:
+        raise ValueError(f"partition peer: needs unshifted windows that tile the map; got "
+                         f"hw={(H, W)}, window={(M1, M2)}, shift={shift}")
+    nh, nw, L = H // M1, W // M2, M1 * M2
+    mask = None
+    if rel_bias is not None:  # every window sees the same in-window offsets: (heads, L, L)
+        first = torch.arange(L) // M2 * W + torch.arange(L) % M2      # window 0's tokens
+        mask = rel_bias[bias_index(geom)[first][:, first]].permute(2, 0, 1)
+        mask = mask[:, None].expand(heads, nh * nw, L, L).reshape(heads * nh * nw, L, L)
+
+    def run(q, k, v):
+        B, h, _, d = q.shape
+
+        def part(x):  # (B, h, N, d) -> (B, h * windows, L, d)
+            x = x.view(B, h, nh, M1, nw, M2, d).permute(0, 1, 2, 4, 3, 5, 6)
+            return x.reshape(B, h * nh * nw, L, d)
+
+        o = F.scaled_dot_product_attention(part(q), part(k), part(v), attn_mask=mask)
+        o = o.view(B, h, nh, nw, M1, M2, d).permute(0, 1, 2, 4, 3, 5, 6)
+        return o.reshape(B, h, H * W, d)
+
+    return run
+
+
 def flex_unavailable() -> Optional[str]:
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401

@@ -1,5 +1,6 @@
 """CPU attention, docs/ops.md §7 cases side by side: the fused `cpu` backend, the `ref` backend, SDPA
-with a boolean mask / dense bias, compiled FlexAttention with a cached block mask, NATTEN.
+with a boolean mask / dense bias, window partition + SDPA (grid), compiled FlexAttention with a
+cached block mask, NATTEN.
 
 Each case has a forward group and a forward+backward group; every implementation is checked
 against the float64 reference on the benchmark's own inputs before it is timed, and records
@@ -30,7 +31,8 @@ from transgan_fast.ops.geometry import grid_geometry, local_geometry
 
 from conftest import QUICK
 from _common_cpu import (check_parity, cpu_unavailable, flex_peer, flex_unavailable,
-                         natten_unavailable, record, sdpa_peer, skip_if, useful_flops)
+                         natten_unavailable, partition_peer, record, sdpa_peer, skip_if,
+                         useful_flops)
 
 # (name, geometry, B, heads, d, with rel_bias, peers besides cpu/ref)
 CASES = [
@@ -43,6 +45,11 @@ CASES = [
     ("grid16-128x128-d16-bias", grid_geometry((128, 128), (16, 16)), 1, 2, 16, True, ()),
     ("grid16-128x128-d64-bias", grid_geometry((128, 128), (16, 16)), 1, 2, 64, True, ()),
     ("global-32x32-d16-bias", grid_geometry((32, 32), (32, 32)), 4, 4, 16, True, ("sdpa", "flex")),
+    # The float32 targets of the reduced-precision issue: local 7x7 forward against SDPA with a
+    # mask, grid 8x8 forward+backward against window partition + SDPA.
+    ("local7x7-32x32-d32-b8", local_geometry((32, 32), "window2d", (7, 7), "clip"), 8, 4, 32, False,
+     ("sdpa",)),
+    ("grid8-32x32-d32-b8", grid_geometry((32, 32), (8, 8)), 8, 4, 32, False, ("partition",)),
 ]
 if QUICK:  # smoke run: every code path once, small maps; FlexAttention compiles for minutes
     CASES = [
@@ -50,6 +57,7 @@ if QUICK:  # smoke run: every code path once, small maps; FlexAttention compiles
          False, ("sdpa",)),
         ("quick-grid4-10x10-d8-bias", grid_geometry((10, 10), (4, 4)), 1, 2, 8, True, ()),
         ("quick-global-8x8-d8-bias", grid_geometry((8, 8), (8, 8)), 2, 2, 8, True, ("sdpa",)),
+        ("quick-grid4-8x8-d8-bias", grid_geometry((8, 8), (4, 4)), 1, 2, 8, True, ("partition",)),
     ]
 # Reduced precision: (case as above, dtypes). Local 7x7 on 64x64 at batch 4 is the issue's case.
 LOWP_CASES = [
@@ -61,7 +69,7 @@ if QUICK:
 LOWP_DTYPES = (torch.bfloat16, torch.float16)
 # Forward parity against the float64 reference (inputs rounded to the dtype first); gradients 5x.
 LOWP_TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
-IMPLS = ("cpu", "ref", "sdpa", "flex", "natten")
+IMPLS = ("cpu", "ref", "sdpa", "partition", "flex", "natten")
 _ref_cache = {}
 
 
@@ -96,6 +104,8 @@ def _impl(case, impl):
         return lambda q_, k_, v_: attention(q_, k_, v_, geom, rb, backend=impl)
     if impl == "sdpa":
         return sdpa_peer(geom, rb, h)
+    if impl == "partition":
+        return partition_peer(geom, rb, h)
     if impl == "flex":
         skip_if(flex_unavailable())
         return flex_peer(geom, rb, h)

@@ -191,3 +191,28 @@ def test_unsupported_dtype_is_a_clear_error(dtype):
     q = torch.randn(1, 1, 16, 8, dtype=dtype)
     with pytest.raises(_dispatch.BackendUnavailableError, match="cpu.*dtype"):
         attention(q, q, q, geom, backend="cpu")
+
+
+# CLIP's plane kernel (csrc/cpu/attention_local_fwd.cpp): one slice split into row strips, a
+# partial block of 8 columns, unequal radii; a window as large as the map; and one taller than
+# the map, which the tile kernel runs. Forward and gradients (the backward reads the plane
+# kernel's log-sum-exp), one and three threads.
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("hw,ks,B,h,d", [((13, 21), (3, 9), 1, 1, 20), ((5, 9), (5, 9), 2, 1, 8),
+                                         ((4, 6), (7, 3), 1, 2, 8)],
+                         ids=["strips", "window-is-map", "window-taller"])
+def test_clip_plane_kernel_shapes(hw, ks, B, h, d, threads):
+    geom = local_geometry(hw, "window2d", ks, "clip")
+    (q, k, v, rb), (qf, kf, vf, rbf) = _inputs(geom, B, h, d, True)
+    ref = attention_ref(q, k, v, geom, rb)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = attention(qf, kf, vf, geom, rbf, backend="cpu")
+        g = torch.randn_like(ref)
+        got = _grads(out, [qf, kf, vf, rbf], g.float())
+    finally:
+        torch.set_num_threads(before)
+    assert_close_f32(out, ref)
+    for name, a, b in zip("q k v rel_bias".split(), got, _grads(ref, [q, k, v, rb], g)):
+        assert_close_f32(a, b, grad=True, what=f"d{name}")

@@ -11,6 +11,7 @@
 // otherwise the tiles of one slice are split across threads and their buffers are reduced.
 #include <algorithm>
 #include "cpu/attention_tile.h"
+#include "cpu/vec8.h"
 #include "cpu/kernels.h"
 
 namespace tgf {
@@ -74,7 +75,7 @@ void flush_dbias(BwdScratch& s, double* db) {
 }
 
 // One (tile, slice).
-template <typename T>
+template <typename T, int VW>
 TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c, int dp, BwdScratch& s) {
   const TileIndex& ti = s.ti;
   const int nq = ti.nq, nk = ti.nk, nkp = ti.nkp, d = a.d;
@@ -104,8 +105,8 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c,
     s.dkrows[j] = c.dk_acc + static_cast<size_t>(ti.k[j]) * dp;
     s.dvrows[j] = c.dv_acc + static_cast<size_t>(ti.k[j]) * dp;
   }
-  logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
-  logits_block(s.dorows.data(), nq, d, s.VT.data(), nkp, 1.f, s.dP.data());
+  logits_block<VW>(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
+  logits_block<VW>(s.dorows.data(), nq, d, s.VT.data(), nkp, 1.f, s.dP.data());
 
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
@@ -113,11 +114,12 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c,
     const float* bt = a.bias ? s.bt + static_cast<size_t>(i) * nkp : nullptr;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
     const float m = lse[ti.q[i]], Di = s.D[i];
-#pragma omp simd
-    for (int j = 0; j < nkp; ++j) {
-      const float p = br[j] >= 0 ? exp_neg(srow[j] + (bt ? bt[j] : 0.f) - m) : 0.f;
-      srow[j] = p;                                         // S now holds P
-      dprow[j] = br[j] >= 0 ? p * (dprow[j] - Di) : 0.f;   // dP now holds dS
+    for (int j = 0; j < nkp; j += 8) {  // nkp % 8 == 0
+      const v8i vis = load8i(br + j) >= 0;
+      const v8f x = bt ? load8(srow + j) + load8(bt + j) : load8(srow + j);
+      const v8f p = select8(vis, exp_neg8(x - m), v8f{});
+      store8(srow + j, p);                                               // S now holds P
+      store8(dprow + j, select8(vis, p * (load8(dprow + j) - Di), v8f{}));  // dP now holds dS
     }
     if (c.want_db) {
       float* ds = s.dS_sum.data() + static_cast<size_t>(i) * nkp;
@@ -126,13 +128,13 @@ TGF_KERNEL_INLINE void bwd_tile_body(const AttnBwdArgs<T>& a, const SliceCtx& c,
     }
   }
   for (int i = 0; i < nq; ++i) s.D[i] = a.scale;  // row scale of dq
-  rows_times_packed(s.dP.data(), nq, nkp, nk, s.krows.data(), dp, d, s.D.data(), s.dqrows.data());
+  rows_times_packed<VW>(s.dP.data(), nq, nkp, nk, s.krows.data(), dp, d, s.D.data(), s.dqrows.data());
   if constexpr (!std::is_same_v<T, float>) store_rows_as(s.dqrows.data(), nq, d, dq, a.dq.sn, ti.q.data());
-  cols_times_packed(s.dP.data(), nq, nkp, nk, s.qrows.data(), dp, a.scale, s.dkrows.data());
-  cols_times_packed(s.S.data(), nq, nkp, nk, s.dorows.data(), dp, 1.f, s.dvrows.data());
+  cols_times_packed<VW>(s.dP.data(), nq, nkp, nk, s.qrows.data(), dp, a.scale, s.dkrows.data());
+  cols_times_packed<VW>(s.S.data(), nq, nkp, nk, s.dorows.data(), dp, 1.f, s.dvrows.data());
 }
 
-TGF_ISA_DISPATCH_T(bwd_tile, bwd_tile_body<T>,
+TGF_ISA_DISPATCH_TV(bwd_tile, bwd_tile_body,
                    (const AttnBwdArgs<T>& a, const SliceCtx& c, int dp, BwdScratch& s), (a, c, dp, s))
 
 // Writes accumulated rows (N x dp) into a strided (N, d) output, rounded to T.
@@ -160,9 +162,9 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, heads);
   const size_t sl_nd = static_cast<size_t>(N) * d, rows_nd = static_cast<size_t>(N) * dp;
   // K and V transposed once per slice, so tiles gather candidate columns with contiguous copies.
-  std::vector<float> KT(slices * sl_nd), VT(slices * sl_nd);
-  transpose_slices(a.k, a.B, heads, N, d, KT.data(), threads);
-  transpose_slices(a.v, a.B, heads, N, d, VT.data(), threads);
+  const auto KT = uninit_floats(slices * sl_nd), VT = uninit_floats(slices * sl_nd);
+  transpose_slices(a.k, a.B, heads, N, d, KT.get(), threads);
+  transpose_slices(a.v, a.B, heads, N, d, VT.get(), threads);
   // dbias accumulators per slice (double), summed over slices in a fixed order at the end, so
   // dbias does not depend on which thread ran which slice.
   const size_t nrows = a.dbias ? static_cast<size_t>(a.bias_rows) : 0;
@@ -171,7 +173,7 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
   auto ctx = [&](int sl, float* dk, float* dv) {
     const int hh = sl / a.B, b = sl % a.B;
     const size_t off = (static_cast<size_t>(b) * heads + hh) * sl_nd;
-    return SliceCtx{b, hh, KT.data() + off, VT.data() + off, dk, dv, a.dbias != nullptr};
+    return SliceCtx{b, hh, KT.get() + off, VT.get() + off, dk, dv, a.dbias != nullptr};
   };
 
   if (slices >= threads) {
@@ -180,15 +182,15 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
     // walk is tiles outer, slices inner, so a tile's index table is built once per block.
     const int per = std::max(1, slices / (4 * threads));
     const int nblocks = (slices + per - 1) / per;
-    std::vector<float> dk_acc(slices * rows_nd), dv_acc(slices * rows_nd);
+    const auto dk_acc = uninit_floats(slices * rows_nd), dv_acc = uninit_floats(slices * rows_nd);
 #pragma omp parallel num_threads(threads)
     {
       BwdScratch s(TQ, maxk, d, dp, heads);
 #pragma omp for schedule(dynamic, 1)
       for (int blk = 0; blk < nblocks; ++blk) {
         const int s0 = blk * per, s1 = std::min(slices, s0 + per);
-        std::fill(dk_acc.begin() + s0 * rows_nd, dk_acc.begin() + s1 * rows_nd, 0.f);
-        std::fill(dv_acc.begin() + s0 * rows_nd, dv_acc.begin() + s1 * rows_nd, 0.f);
+        std::fill(dk_acc.get() + s0 * rows_nd, dk_acc.get() + s1 * rows_nd, 0.f);
+        std::fill(dv_acc.get() + s0 * rows_nd, dv_acc.get() + s1 * rows_nd, 0.f);
         for (int u = 0; u < ntiles; ++u) {
           if (!build_tile(g, TQ, tile_visit(g, TQ, u), s.ti)) continue;
           int group = -1;  // first slice of the current run of one head
@@ -199,14 +201,14 @@ void attn_bwd(const AttnBwdArgs<T>& a) {
               if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
               group = sl;
             }
-            bwd_tile(a, ctx(sl, dk_acc.data() + sl * rows_nd, dv_acc.data() + sl * rows_nd), dp, s);
+            bwd_tile(a, ctx(sl, dk_acc.get() + sl * rows_nd, dv_acc.get() + sl * rows_nd), dp, s);
           }
           if (a.dbias) flush_dbias(s, db_acc.data() + group * nrows);
         }
         for (int sl = s0; sl < s1; ++sl) {
           const int hh = sl / a.B, b = sl % a.B;
-          store_rows(dk_acc.data() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
-          store_rows(dv_acc.data() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
+          store_rows(dk_acc.get() + sl * rows_nd, N, d, dp, a.dk.slice(b, hh), a.dk.sn);
+          store_rows(dv_acc.get() + sl * rows_nd, N, d, dp, a.dv.slice(b, hh), a.dv.sn);
         }
       }
     }

@@ -9,6 +9,7 @@
 // output row is written by exactly one thread.
 #include <algorithm>
 #include "cpu/attention_tile.h"
+#include "cpu/vec8.h"
 #include "cpu/kernels.h"
 
 namespace tgf {
@@ -42,7 +43,7 @@ struct FwdScratch {
 
 // One (tile, batch, head): logits, masked softmax with bias, P V, lse. `v_nonfinite`: this
 // (batch, head) slice of v holds a NaN/Inf somewhere (then the tile checks its own keys).
-template <typename T>
+template <typename T, int VW>
 TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, int b, int hh, int dp,
                                       bool v_nonfinite, FwdScratch& s) {
   const TileIndex& ti = s.ti;
@@ -63,37 +64,29 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, 
     row_ptrs(q, a.q.sn, ti.q.data(), nq, d, dp, s.Q.data(), s.qrows.data());
     for (int i = 0; i < nq; ++i) s.orows[i] = s.O.data() + static_cast<size_t>(i) * dp;
   }
-  logits_block(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
+  logits_block<VW>(s.qrows.data(), nq, d, s.KT.data(), nkp, a.scale, s.S.data());
 
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < nq; ++i) {
     float* srow = s.S.data() + static_cast<size_t>(i) * nkp;
     const int* br = ti.brow.data() + static_cast<size_t>(i) * nkp;
-    // The select keeps a NaN logit of a masked key out of this row.
-    float m = ninf;
-    if (a.bias) {
-      const float* bt = s.bt + static_cast<size_t>(i) * nkp;
-#pragma omp simd reduction(max : m)
-      for (int j = 0; j < nkp; ++j) {
-        const float x = br[j] >= 0 ? srow[j] + bt[j] : ninf;
-        srow[j] = x;
-        m = m > x ? m : x;
-      }
-    } else {
-#pragma omp simd reduction(max : m)
-      for (int j = 0; j < nkp; ++j) {
-        const float x = br[j] >= 0 ? srow[j] : ninf;
-        srow[j] = x;
-        m = m > x ? m : x;
-      }
+    // The select keeps a NaN logit of a masked key out of this row (nkp % 8 == 0).
+    const float* bt = a.bias ? s.bt + static_cast<size_t>(i) * nkp : nullptr;
+    v8f m8 = splat8(ninf);
+    for (int j = 0; j < nkp; j += 8) {
+      const v8f x = select8(load8i(br + j) >= 0, bt ? load8(srow + j) + load8(bt + j) : load8(srow + j),
+                            splat8(ninf));
+      store8(srow + j, x);
+      m8 = select8(m8 > x, m8, x);
     }
-    float l = 0.f;
-#pragma omp simd reduction(+ : l)
-    for (int j = 0; j < nkp; ++j) {
-      const float p = br[j] >= 0 ? exp_neg(srow[j] - m) : 0.f;
-      srow[j] = p;
-      l += p;
+    const float m = hmax8(m8);
+    v8f l8 = v8f{};
+    for (int j = 0; j < nkp; j += 8) {
+      const v8f p = select8(load8i(br + j) >= 0, exp_neg8(load8(srow + j) - m), v8f{});
+      store8(srow + j, p);
+      l8 += p;
     }
+    const float l = hsum8(l8);
     s.inv[i] = 1.f / l;
     lse[ti.q[i]] = m + std::log(l);
   }
@@ -101,11 +94,11 @@ TGF_KERNEL_INLINE void fwd_tile_body(const AttnFwdArgs<T>& a, const float* KTs, 
     rows_times_visible(s.S.data(), nq, nkp, nk, s.vrows.data(), d, ti.brow.data(), s.inv.data(),
                        s.orows.data());
   else
-    rows_times_packed(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
+    rows_times_packed<VW>(s.S.data(), nq, nkp, nk, s.vrows.data(), dp, d, s.inv.data(), s.orows.data());
   if constexpr (!std::is_same_v<T, float>) store_rows_as(s.orows.data(), nq, d, o, a.out.sn, ti.q.data());
 }
 
-TGF_ISA_DISPATCH_T(fwd_tile, fwd_tile_body<T>,
+TGF_ISA_DISPATCH_TV(fwd_tile, fwd_tile_body,
                    (const AttnFwdArgs<T>& a, const float* KTs, int b, int hh, int dp, bool v_nonfinite,
                     FwdScratch& s),
                    (a, KTs, b, hh, dp, v_nonfinite, s))
@@ -121,6 +114,7 @@ bool build_tile(const Geom& g, int TQ, int t, TileIndex& ti) {
 
 template <typename T>
 void attn_fwd(const AttnFwdArgs<T>& a) {
+  if (local_fwd_plane(a)) return;
   const Geom& g = a.geom;
   // Threads split tiles: whole-window tiles only when there are windows for every thread.
   const int windows = g.kind == GRID ? grid_window_count(g, Y_AXIS) * grid_window_count(g, X_AXIS) : 0;
@@ -129,8 +123,8 @@ void attn_fwd(const AttnFwdArgs<T>& a) {
   const int dp = round_up(a.d, DB);
   const std::vector<float> biash = bias_by_head(a.bias, a.bias_rows, a.heads);
   // K transposed once per slice (d x N), so tiles gather candidate columns with contiguous copies.
-  std::vector<float> KT(static_cast<size_t>(a.B) * a.heads * a.d * a.N);
-  transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.data(), a.threads);
+  const auto KT = uninit_floats(static_cast<size_t>(a.B) * a.heads * a.d * a.N);
+  transpose_slices(a.k, a.B, a.heads, a.N, a.d, KT.get(), a.threads);
   // One pass over v flags the slices holding a NaN/Inf, so clean slices skip the per-tile check.
   std::vector<char> v_nonfinite(static_cast<size_t>(a.B) * a.heads);
 #pragma omp parallel for num_threads(a.threads) schedule(static)
@@ -153,7 +147,7 @@ void attn_fwd(const AttnFwdArgs<T>& a) {
       for (int hh = 0; hh < a.heads; ++hh) {
         if (a.bias) s.bt = s.bias.get(s.ti, biash.data(), a.bias_rows, hh);
         for (int b = 0; b < a.B; ++b)
-          fwd_tile(a, KT.data() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp,
+          fwd_tile(a, KT.get() + (static_cast<size_t>(b) * a.heads + hh) * a.d * a.N, b, hh, dp,
                    v_nonfinite[static_cast<size_t>(b) * a.heads + hh] != 0, s);
       }
     }

@@ -6,24 +6,29 @@
 // compiler turns into AVX2/AVX-512 code (TGF_ISA_DISPATCH compiles each tile function once per
 // ISA and picks one at run time), and apply the exact per-pair mask and relative bias from a
 // table of bias rows (-1 = masked) that GRID tiles of regular windows share.
-// No -ffast-math: exp is a polynomial written here so it vectorizes while keeping NaN.
+// No -ffast-math: exp is a polynomial (exp_neg8, cpu/vec8.h) that vectorizes while keeping NaN.
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 #include "common/tiles.h"
 #include "cpu/kernels.h"
+#include "cpu/vec8.h"
 
 namespace tgf {
 namespace cpu_attn {
 
 constexpr int QB = 4;    // rows per register block (queries, or keys in dk/dv)
-constexpr int JB = 32;   // candidate keys per register block (logit micro-kernel)
+constexpr int JB = 32;   // candidate keys are padded to a multiple of JB
 constexpr int DB = 16;   // head-dim lanes per register block (value micro-kernels)
+// Register blocks are QB rows x 2 vectors of the ISA copy's width VW (8 accumulators): 32 lanes
+// with AVX-512, 16 with AVX2, whose 16 registers cannot hold the 4 x 32 block of AVX-512 plus
+// its operands (the compiler spilled the accumulators to the stack).
 
 // Hot helpers are force-inlined into the per-ISA entry points (TGF_ISA_DISPATCH below), so
 // each copy is compiled for that ISA.
@@ -67,6 +72,26 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
     else if (level == 3) name##_v3<T> ARGS;                                                \
     else name##_v1<T> ARGS;                                                                \
   }
+// The same, passing the copy's vector width VW (floats per register: 16, 8, 4) as a second
+// template argument of `body_tmpl`, so register blocks fit each ISA's register file.
+#define TGF_ISA_DISPATCH_TV(name, body_tmpl, PARAMS, ARGS)                                 \
+  template <typename T>                                                                    \
+  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
+    body_tmpl<T, 16> ARGS;                                                                 \
+  }                                                                                        \
+  template <typename T>                                                                    \
+  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_tmpl<T, 8> ARGS; } \
+  template <typename T>                                                                    \
+  void name##_v1 PARAMS { body_tmpl<T, 4> ARGS; }                                          \
+  template <typename T>                                                                    \
+  void name PARAMS {                                                                       \
+    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
+                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
+                                                                   : 1;                    \
+    if (level == 4) name##_v4<T> ARGS;                                                     \
+    else if (level == 3) name##_v3<T> ARGS;                                                \
+    else name##_v1<T> ARGS;                                                                \
+  }
 #else
 // Not x86-64 with GCC (cpu/platform.h): one copy, compiled for the build's target.
 #define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS) \
@@ -74,9 +99,16 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
 #define TGF_ISA_DISPATCH_T(name, body_fn, PARAMS, ARGS) \
   template <typename T>                                 \
   void name PARAMS { body_fn ARGS; }
+#define TGF_ISA_DISPATCH_TV(name, body_tmpl, PARAMS, ARGS) \
+  template <typename T>                                    \
+  void name PARAMS { body_tmpl<T, 8> ARGS; }
 #endif
 
 inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
+
+// n floats left uninitialized, for per-call buffers that are written before they are read:
+// as zero-initialized vectors, their few MB cost a memset on fresh pages at every call.
+inline std::unique_ptr<float[]> uninit_floats(size_t n) { return std::unique_ptr<float[]>(new float[n]); }
 
 // Query tile size per geometry kind: the local kinds' 2-D tiles (2x4 for 8, 4x4 for 16; see
 // common/tiles.h) stay small so that the candidate set (tile grown by k - 1 per axis) is not
@@ -152,50 +184,30 @@ TGF_KERNEL_INLINE void fill_brow_body(const Geom& g, TileIndex& ti) {
   }
 }
 
-// exp(x) for x <= 0 (softmax arguments), vectorizable; exact 0 below -87.3, NaN stays NaN.
-// Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n from the exponent bits.
-TGF_KERNEL_INLINE float exp_neg(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
-  float r = xc - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(float));
-  float e = p * two_n;
-  e = x < -87.0f ? 0.0f : e;
-  return x != x ? x : e;
-}
-
 // S[i, :nkp] = alpha * sum_c A_i[c] * BT[c, :nkp] for the nq rows A_i (pointers, d elements).
+template <int VW>
 TGF_KERNEL_INLINE void logits_block(const float* const* A, int nq, int d, const float* BT, int nkp,
                                 float alpha, float* S) {
+  constexpr int JV = 2 * VW;  // divides JB, so nkp
   for (int i0 = 0; i0 < nq; i0 += QB) {
     const float* a[QB];
     for (int r = 0; r < QB; ++r) a[r] = A[i0 + (i0 + r < nq ? r : 0)];
-    for (int jb = 0; jb < nkp; jb += JB) {
-      float acc[QB][JB];
+    for (int jb = 0; jb < nkp; jb += JV) {
+      float acc[QB][JV];
       for (int r = 0; r < QB; ++r)
-        for (int jj = 0; jj < JB; ++jj) acc[r][jj] = 0.f;
+        for (int jj = 0; jj < JV; ++jj) acc[r][jj] = 0.f;
       for (int c = 0; c < d; ++c) {
         const float* bt = BT + static_cast<size_t>(c) * nkp + jb;
         for (int r = 0; r < QB; ++r) {
           const float ar = a[r][c];
 #pragma omp simd
-          for (int jj = 0; jj < JB; ++jj) acc[r][jj] += ar * bt[jj];
+          for (int jj = 0; jj < JV; ++jj) acc[r][jj] += ar * bt[jj];
         }
       }
       for (int r = 0; r < QB && i0 + r < nq; ++r) {
         float* s = S + static_cast<size_t>(i0 + r) * nkp + jb;
 #pragma omp simd
-        for (int jj = 0; jj < JB; ++jj) s[jj] = alpha * acc[r][jj];
+        for (int jj = 0; jj < JV; ++jj) s[jj] = alpha * acc[r][jj];
       }
     }
   }
@@ -259,9 +271,12 @@ inline void rows_times_visible(const float* P, int nq, int nkp, int nk, const fl
   }
 }
 
+template <int VW>
 TGF_KERNEL_INLINE void rows_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, int d, const float* rowscale, float* const* O) {
-  if (dp % (2 * DB) == 0) {  // 8 accumulator registers: enough independent FMA chains
+  if constexpr (VW < 16) {  // dp % DB == 0, so a multiple of 2 * VW
+    for (int c0 = 0; c0 < dp; c0 += 2 * VW) rows_times_impl<QB, 2 * VW>(P, nq, nkp, nk, X, c0, d, rowscale, O);
+  } else if (dp % (2 * DB) == 0) {  // 8 accumulator registers: enough independent FMA chains
     for (int c0 = 0; c0 < dp; c0 += 2 * DB) rows_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
   } else {
     for (int c0 = 0; c0 < dp; c0 += DB) rows_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, d, rowscale, O);
@@ -294,9 +309,12 @@ TGF_KERNEL_INLINE void cols_times_impl(const float* P, int nq, int nkp, int nk, 
   }
 }
 
+template <int VW>
 TGF_KERNEL_INLINE void cols_times_packed(const float* P, int nq, int nkp, int nk, const float* const* X,
                                      int dp, float alpha, float* const* Acc) {
-  if (dp % (2 * DB) == 0) {
+  if constexpr (VW < 16) {
+    for (int c0 = 0; c0 < dp; c0 += 2 * VW) cols_times_impl<QB, 2 * VW>(P, nq, nkp, nk, X, c0, alpha, Acc);
+  } else if (dp % (2 * DB) == 0) {
     for (int c0 = 0; c0 < dp; c0 += 2 * DB) cols_times_impl<QB, 2 * DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
   } else {
     for (int c0 = 0; c0 < dp; c0 += DB) cols_times_impl<2 * QB, DB>(P, nq, nkp, nk, X, c0, alpha, Acc);
@@ -333,12 +351,18 @@ TGF_KERNEL_INLINE void store_rows_as(const float* const* src, int n, int d, T* d
 
 
 // Gathers the tile's candidate columns from a transposed slice XT (d x N) into dst (d x nkp),
-// run by run (contiguous copies), zero-padding columns to nkp.
+// run by run, zero-padding columns to nkp.
 TGF_KERNEL_INLINE void pack_cols_t(const float* XT, int N, const TileIndex& ti, int d, float* dst) {
   for (int c = 0; c < d; ++c) {
     const float* src = XT + static_cast<size_t>(c) * N;
     float* o = dst + static_cast<size_t>(c) * ti.nkp;
-    for (const TileIndex::Run& r : ti.runs) std::memcpy(o + r.j0, src + r.t0, sizeof(float) * r.len);
+    for (const TileIndex::Run& r : ti.runs) {  // short runs (a tile or window row): no memcpy call
+      const float* x = src + r.t0;
+      float* y = o + r.j0;
+      int j = 0;
+      for (; j + 8 <= r.len; j += 8) store8(y + j, load8(x + j));
+      for (; j < r.len; ++j) y[j] = x[j];
+    }
     for (int j = ti.nk; j < ti.nkp; ++j) o[j] = 0.f;
   }
 }
@@ -355,8 +379,19 @@ inline void transpose_slices(const View<T>& x, int B, int heads, int N, int d, f
       const T* src = x.slice(sl / heads, sl % heads);
       float* dst = XT + static_cast<size_t>(sl) * d * N;
       const int n1 = (blk + 1) * NB < N ? (blk + 1) * NB : N;
+      int n = blk * NB;
+      if constexpr (std::is_same_v<T, float>) {  // whole 8 x 8 blocks transposed in registers
+        if (d % 8 == 0)
+          for (; n + 8 <= n1; n += 8)
+            for (int c0 = 0; c0 < d; c0 += 8) {
+              v8f r[8];
+              for (int i = 0; i < 8; ++i) r[i] = load8(src + (n + i) * x.sn + c0);
+              transpose8(r);
+              for (int cc = 0; cc < 8; ++cc) store8(dst + static_cast<size_t>(c0 + cc) * N + n, r[cc]);
+            }
+      }
       for (int c = 0; c < d; ++c)
-        for (int n = blk * NB; n < n1; ++n) dst[static_cast<size_t>(c) * N + n] = to_f32(src[n * x.sn + c]);
+        for (int m = n; m < n1; ++m) dst[static_cast<size_t>(c) * N + m] = to_f32(src[m * x.sn + c]);
     }
 }
 
@@ -417,6 +452,11 @@ inline int tile_size_window(const Geom& g) {
   if (g.kind == GRID && grid_window_area(g) <= 256) return grid_window_area(g);
   return tile_size(g);
 }
+
+// CLIP forward on the map plane, per window offset (attention_local_fwd.cpp); false when the
+// geometry is not one it handles (then the tile kernel runs).
+template <typename T>
+bool local_fwd_plane(const AttnFwdArgs<T>& a);
 
 // Per-head contiguous copy of the (rows, heads) bias table: out[h * rows + r].
 inline std::vector<float> bias_by_head(const float* bias, int rows, int heads) {
