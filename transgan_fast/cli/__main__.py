@@ -1,0 +1,4 @@
+"""`python -m transgan_fast.cli` (as `torchrun ... -m transgan_fast.cli train` needs)."""
+from . import main
+
+main()
