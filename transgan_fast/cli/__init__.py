@@ -132,6 +132,8 @@ def main(debug):
               help="GAN loss.")
 @click.option("--gp-weight", type=float, default=10.0, help="Gradient-penalty weight (wgangp-eps).")
 @click.option("--drift", type=float, default=1e-3, help="Drift weight eps (wgangp-eps).")
+@click.option("--r1-gamma", type=float, default=0.0, help="R1 penalty on real images, "
+              "gamma/2 * E|grad D(x)|^2, with any loss (0: off).")
 @click.option("--lr-g", type=float, default=1e-4, help="Generator Adam learning rate.")
 @click.option("--lr-d", type=float, default=1e-4, help="Discriminator Adam learning rate.")
 @click.option("--grad-clip", type=float, default=5.0, help="Gradient-norm clip (0: off).")

@@ -54,6 +54,7 @@ class TrainConfig:
     loss: str = "wgangp-eps"
     gp_weight: float = 10.0
     drift: float = 1e-3
+    r1_gamma: float = 0.0                 # R1 penalty on reals, gamma/2 * E|grad D(x)|^2 (0: off)
     lr_g: float = 1e-4
     lr_d: float = 1e-4
     beta1: float = 0.0
@@ -125,6 +126,8 @@ def resolve_config(cfg: Optional[TrainConfig] = None, **overrides) -> TrainConfi
     if c.batch % c.accum_d or c.g_batch % c.accum_g:
         raise ValueError(f"batch={c.batch} must divide by accum_d={c.accum_d} and "
                          f"g_batch={c.g_batch} by accum_g={c.accum_g}")
+    if c.r1_gamma < 0:
+        raise ValueError(f"r1_gamma must be >= 0; got {c.r1_gamma}")
     if c.kimg <= 0 or c.tick_kimg <= 0:
         raise ValueError(f"kimg and tick_kimg must be > 0; got {c.kimg}, {c.tick_kimg}")
     if c.cond not in COND_KINDS:

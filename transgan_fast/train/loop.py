@@ -216,7 +216,7 @@ class Trainer:
                     cfg.loss, self.D, r, fake.float(), self.augment, aa, cfg.gp_weight, cfg.drift,
                     global_mean=lambda t: global_mean(t, env),
                     grad_scale=self.scaler_d.get_scale() if self.scaler_d.is_enabled() else 1.0,
-                    labels=yy)
+                    labels=yy, r1_gamma=cfg.r1_gamma)
             self.scaler_d.scale(loss / cfg.accum_d).backward()
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / cfg.accum_d

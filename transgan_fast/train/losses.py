@@ -1,4 +1,5 @@
-"""GAN losses: WGAN-GP with drift (`wgangp-eps`, TransGAN's released loss), hinge, non-saturating.
+"""GAN losses: WGAN-GP with drift (`wgangp-eps`, TransGAN's released loss), hinge, non-saturating,
+and the R1 penalty on real images (Mescheder et al. 2018), which any of them can add.
 
 Every term is a per-sample mean, so gradient averaging across data-parallel ranks (or equal
 micro-batches) reproduces the single-process gradient. The one term that is not a per-sample
@@ -13,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "discriminator_loss", "generator_loss", "gradient_penalty"]
+__all__ = ["LOSSES", "discriminator_loss", "generator_loss", "gradient_penalty", "r1_penalty"]
 
 LOSSES = ("wgangp-eps", "hinge", "ns")
 
@@ -55,11 +56,22 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor, alpha:
     return (norm - 1).pow(2).mean()
 
 
+def r1_penalty(d_real: torch.Tensor, real: torch.Tensor, grad_scale: float = 1.0) -> torch.Tensor:
+    """R1: `E[‖∇_x D(x)‖₂²]` over real images `x`, differentiable (for D's update).
+
+    `real` must require grad and `d_real (B,)` be D's output on it (the augmentation runs inside
+    D, so the gradient is taken w.r.t. the un-augmented image, as for `gradient_penalty`).
+    `grad_scale`: fp16 loss scaling, as in `gradient_penalty`.
+    """
+    (grad,) = torch.autograd.grad(d_real.sum() * grad_scale, real, create_graph=True)
+    return (_f32(grad) / grad_scale).flatten(1).square().sum(1).mean()
+
+
 def discriminator_loss(kind: str, D: Callable, real: torch.Tensor, fake: torch.Tensor,
                        augment=None, alpha: Optional[torch.Tensor] = None, gp_weight: float = 10.0,
                        drift: float = 1e-3, global_mean: Callable = lambda t: t,
-                       grad_scale: float = 1.0, labels: Optional[torch.Tensor] = None
-                       ) -> Tuple[torch.Tensor, Dict[str, float]]:
+                       grad_scale: float = 1.0, labels: Optional[torch.Tensor] = None,
+                       r1_gamma: float = 0.0) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The discriminator's loss on one (micro-)batch; returns `(loss, stats)`.
 
     Args:
@@ -70,8 +82,13 @@ def discriminator_loss(kind: str, D: Callable, real: torch.Tensor, fake: torch.T
         global_mean: maps a detached scalar to its mean over all ranks (identity off DDP).
         labels: class labels `(B,)` of a class-conditional D, shared by `real[i]` and `fake[i]`
             (the fakes are generated for the reals' classes); None for an unconditional D.
+        r1_gamma: adds `r1_gamma / 2 · R1` (`r1_penalty`) to any kind; 0: off.
     """
     _check(kind)
+    if r1_gamma < 0:
+        raise ValueError(f"discriminator_loss: r1_gamma must be >= 0; got {r1_gamma}")
+    if r1_gamma:
+        real = real.detach().requires_grad_(True)
     d_real = _f32(D(real, augment=augment, **_labels(labels))).flatten()
     d_fake = _f32(D(fake.detach(), augment=augment, **_labels(labels))).flatten()
     stats = {"D/real": d_real.mean().item(), "D/fake": d_fake.mean().item()}
@@ -94,6 +111,10 @@ def discriminator_loss(kind: str, D: Callable, real: torch.Tensor, fake: torch.T
             # value eps·m² (single process); gradient 2·eps·m·∂m_local (exact after rank averaging)
             loss = loss + drift * (2 * m * m_local - m * m)
             stats["D/drift"] = (m * m).item()
+    if r1_gamma:
+        r1 = r1_penalty(d_real, real, grad_scale)
+        loss = loss + 0.5 * r1_gamma * r1
+        stats["D/r1"] = r1.item()
     stats["D/loss"] = loss.item()
     return loss, stats
 
