@@ -69,15 +69,7 @@ TGF_KERNEL_INLINE void fill_planes(const T* src, int64_t sn, const LocalShape& s
       if (nx == LB) {
         for (; c0 < d8; c0 += 8) {
           v8f r[8];
-          for (int i = 0; i < 8; ++i) {
-            if constexpr (std::is_same_v<T, float>) {
-              r[i] = load8(s + i * sn + c0);
-            } else {
-              float tmp[8];
-              load_row(s + i * sn + c0, tmp, 8);
-              r[i] = load8(tmp);
-            }
-          }
+          for (int i = 0; i < 8; ++i) r[i] = load8_f32(s + i * sn + c0);
           transpose8(r);
           for (int cc = 0; cc < 8; ++cc) store8(o + (c0 + cc) * cs, r[cc]);
         }

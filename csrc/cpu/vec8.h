@@ -5,6 +5,8 @@
 // hot loops use these types.
 #pragma once
 #include <cstdint>
+#include <type_traits>
+#include "cpu/lowp.h"
 
 namespace tgf {
 namespace cpu_attn {
@@ -20,6 +22,25 @@ TGF_VEC_INLINE v8f load8(const float* p) { return *reinterpret_cast<const v8f_u*
 TGF_VEC_INLINE v8i load8i(const int* p) { return *reinterpret_cast<const v8i_u*>(p); }
 TGF_VEC_INLINE void store8(float* p, v8f v) { *reinterpret_cast<v8f_u*>(p) = v; }
 TGF_VEC_INLINE v8f splat8(float x) { return v8f{} + x; }
+
+// 8 consecutive values of storage type T as float32 lanes. bfloat16 widens and shifts in vector
+// registers (a 16-bit shift is the whole conversion); float16 goes through lowp.h's row loader
+// (F16C where the CPU has it).
+template <typename T>
+TGF_VEC_INLINE v8f load8_f32(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return load8(p);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    typedef uint16_t u16x8 __attribute__((vector_size(16), aligned(2), may_alias));
+    typedef uint32_t u32x8 __attribute__((vector_size(32)));
+    const u32x8 w = __builtin_convertvector(*reinterpret_cast<const u16x8*>(p), u32x8) << 16;
+    return (v8f)w;
+  } else {
+    float t[8];
+    load_row(p, t, 8);
+    return load8(t);
+  }
+}
 
 // mask ? a : b lane by lane (mask lanes all ones or zero, as comparisons give).
 TGF_VEC_INLINE v8f select8(v8i mask, v8f a, v8f b) {
