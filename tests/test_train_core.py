@@ -306,3 +306,16 @@ def test_trainer_step_adds_r1_when_asked():
     assert "D/r1" not in plain and with_r1["D/r1"] > 0
     # same weights, same batch: the losses differ by exactly the penalty's term
     assert abs(with_r1["D/loss"] - plain["D/loss"] - 0.5 * with_r1["D/r1"]) < 1e-5
+
+
+def test_lazy_r1_runs_every_kth_step_with_k_times_the_weight():
+    torch.manual_seed(0)
+    plain = _trainer(loss="ns").step()
+    torch.manual_seed(0)
+    t = _trainer(loss="ns", r1_gamma=1.0, r1_every=3)
+    stats = [t.step() for _ in range(4)]
+    assert [("D/r1" in s) for s in stats] == [True, False, False, True]
+    # step 0: same weights and batch as `plain`, the penalty weighted 3 x gamma / 2
+    assert abs(stats[0]["D/loss"] - plain["D/loss"] - 1.5 * stats[0]["D/r1"]) < 1e-5
+    with pytest.raises(ValueError, match="r1_every must be >= 1; got 0"):
+        resolve_config(r1_every=0)

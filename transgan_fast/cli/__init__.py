@@ -134,6 +134,8 @@ def main(debug):
 @click.option("--drift", type=float, default=1e-3, help="Drift weight eps (wgangp-eps).")
 @click.option("--r1-gamma", type=float, default=0.0, help="R1 penalty on real images, "
               "gamma/2 * E|grad D(x)|^2, with any loss (0: off).")
+@click.option("--r1-every", type=int, default=1, help="Lazy R1: apply the penalty every this "
+              "many D steps, weighted by that factor (StyleGAN2's lazy regularisation).")
 @click.option("--lr-g", type=float, default=1e-4, help="Generator Adam learning rate.")
 @click.option("--lr-d", type=float, default=1e-4, help="Discriminator Adam learning rate.")
 @click.option("--grad-clip", type=float, default=5.0, help="Gradient-norm clip (0: off).")

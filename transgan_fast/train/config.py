@@ -55,6 +55,7 @@ class TrainConfig:
     gp_weight: float = 10.0
     drift: float = 1e-3
     r1_gamma: float = 0.0                 # R1 penalty on reals, gamma/2 * E|grad D(x)|^2 (0: off)
+    r1_every: int = 1                     # lazy R1: every this many D steps, gamma x r1_every
     lr_g: float = 1e-4
     lr_d: float = 1e-4
     beta1: float = 0.0
@@ -120,7 +121,7 @@ def resolve_config(cfg: Optional[TrainConfig] = None, **overrides) -> TrainConfi
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16; got {c.precision!r}")
     for k in ("batch", "g_batch", "n_critic", "accum_d", "accum_g", "resolution", "keep_ckpt",
-              "snapshot_ticks"):
+              "snapshot_ticks", "r1_every"):
         if int(getattr(c, k)) < 1:
             raise ValueError(f"{k} must be >= 1; got {getattr(c, k)}")
     if c.batch % c.accum_d or c.g_batch % c.accum_g:

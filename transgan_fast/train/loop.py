@@ -206,6 +206,8 @@ class Trainer:
         per = cfg.batch // env.world_size
         alpha = alpha[env.rank * per:(env.rank + 1) * per]
         self.D.requires_grad_(True)
+        # Lazy R1 (StyleGAN2): the penalty on every r1_every-th D step, weighted r1_every times.
+        r1_gamma = cfg.r1_gamma * cfg.r1_every if self.step_idx % cfg.r1_every == 0 else 0.0
         ys = y.chunk(cfg.accum_d) if y is not None else [None] * cfg.accum_d
         for r, zz, aa, yy in zip(real.chunk(cfg.accum_d), z.chunk(cfg.accum_d),
                                  alpha.chunk(cfg.accum_d), ys):
@@ -216,7 +218,7 @@ class Trainer:
                     cfg.loss, self.D, r, fake.float(), self.augment, aa, cfg.gp_weight, cfg.drift,
                     global_mean=lambda t: global_mean(t, env),
                     grad_scale=self.scaler_d.get_scale() if self.scaler_d.is_enabled() else 1.0,
-                    labels=yy, r1_gamma=cfg.r1_gamma)
+                    labels=yy, r1_gamma=r1_gamma)
             self.scaler_d.scale(loss / cfg.accum_d).backward()
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / cfg.accum_d
