@@ -103,12 +103,16 @@ def _check_labels(name: str, labels: Optional[torch.Tensor], class_names: Option
 
 
 class ShapesSource(ArraySource):
-    """Coloured circles, squares and triangles on tinted backgrounds (1–2 shapes per image).
+    """One coloured circle, square or triangle per image, on a flat background of varied colour.
 
-    Deterministic in `seed`; `n` images at `resolution`. Both shapes of an image are of one
-    kind, its label (`SHAPE_CLASSES`). `attributes` maps each name of `SHAPE_ATTRIBUTES` to its
-    values: int64 class indices or float32 values in [0, 1] (the first shape's), `(n,)` each.
+    Deterministic in `seed`; `n` images at `resolution`. The shape's kind is the image's label
+    (`SHAPE_CLASSES`). Its radius is 0.22–0.38 of the side and its centre lies in the middle 0.36–
+    0.64 of each axis, so the whole shape is recognisable even at 16². `attributes` maps each name
+    of `SHAPE_ATTRIBUTES` to its values: int64 class indices or float32 values in [0, 1], `(n,)`.
     """
+
+    R_MIN, R_MAX = 0.22, 0.38          # radius range, fraction of the side
+    C_MIN, C_MAX = 0.36, 0.64          # centre range, fraction of the side
 
     def __init__(self, n: int = 8192, resolution: int = 32, seed: int = 0):
         if n < 1 or resolution < 8:
@@ -117,33 +121,26 @@ class ShapesSource(ArraySource):
         rng = np.random.default_rng(seed)
         R = resolution
         yy, xx = np.mgrid[0:R, 0:R].astype(np.float32) + 0.5  # (R, R) pixel centres
-        bg = rng.uniform(0.0, 0.35, (n, 3, 1, 1)).astype(np.float32)
-        grad = rng.uniform(-0.15, 0.15, (n, 1, 1, 1)).astype(np.float32) * (yy / R)
-        img = np.broadcast_to(bg + grad, (n, 3, R, R)).copy()
-        for k in range(2):
-            present = rng.random(n) < (1.0 if k == 0 else 0.5)
-            kind = rng.integers(0, 3, n)
-            if k == 0:
-                labels = kind
-            kind = labels  # one kind per image: the label is unambiguous
-            r = rng.uniform(0.15, 0.3, n) * R
-            cy, cx = (rng.uniform(0.3, 0.7, (2, n)) * R)
-            col = rng.uniform(0.4, 1.0, (n, 3)).astype(np.float32)
-            dimmed = rng.integers(0, 3, n)
-            col[np.arange(n), dimmed] *= 0.3  # saturated colours
-            if k == 0:
-                attrs = {"kind": labels, "colour": dimmed, "size": (r / R - 0.15) / 0.15,
-                         "position": (cy / R - 0.3) / 0.4, "background": bg.mean((1, 2, 3)) / 0.35}
-            dy = yy[None] - cy[:, None, None]  # (n, R, R)
-            dx = xx[None] - cx[:, None, None]
-            rr = r[:, None, None]
-            circle = dy ** 2 + dx ** 2 < rr ** 2
-            square = (np.abs(dy) < rr * 0.85) & (np.abs(dx) < rr * 0.85)
-            tri = (dy < rr * 0.8) & (np.abs(dx) < (dy + rr) * 0.6)
-            mask = np.where(kind[:, None, None] == 0, circle,
-                            np.where(kind[:, None, None] == 1, square, tri))
-            mask &= present[:, None, None]
-            img = np.where(mask[:, None], col[:, :, None, None], img)
+        bg = rng.uniform(0.0, 0.4, (n, 3, 1, 1)).astype(np.float32)
+        labels = rng.integers(0, 3, n)
+        r = rng.uniform(self.R_MIN, self.R_MAX, n) * R
+        cy, cx = rng.uniform(self.C_MIN, self.C_MAX, (2, n)) * R
+        col = rng.uniform(0.45, 1.0, (n, 3)).astype(np.float32)
+        dimmed = rng.integers(0, 3, n)
+        col[np.arange(n), dimmed] *= 0.3  # saturated colours
+        attrs = {"kind": labels, "colour": dimmed,
+                 "size": (r / R - self.R_MIN) / (self.R_MAX - self.R_MIN),
+                 "position": (cy / R - self.C_MIN) / (self.C_MAX - self.C_MIN),
+                 "background": bg.mean((1, 2, 3)) / 0.4}
+        dy = yy[None] - cy[:, None, None]  # (n, R, R)
+        dx = xx[None] - cx[:, None, None]
+        rr = r[:, None, None]
+        circle = dy ** 2 + dx ** 2 < rr ** 2
+        square = (np.abs(dy) < rr * 0.85) & (np.abs(dx) < rr * 0.85)
+        tri = (dy < rr * 0.8) & (np.abs(dx) < (dy + rr) * 0.6)
+        mask = np.where(labels[:, None, None] == 0, circle,
+                        np.where(labels[:, None, None] == 1, square, tri))
+        img = np.where(mask[:, None], col[:, :, None, None], np.broadcast_to(bg, (n, 3, R, R)))
         data = torch.from_numpy((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
         super().__init__(data, f"shapes{R}", torch.from_numpy(labels.astype(np.int64)),
                          list(SHAPE_CLASSES))

@@ -211,7 +211,7 @@ def shape_accuracy(images: torch.Tensor, clf: nn.Module, threshold: float = 0.9,
 # (steps, batch, images) of the classifier the demo uses; `quick` is for tests and smoke checks.
 _CLF_RECIPE = {False: (1500, 128, 8192), True: (60, 32, 256)}
 _CLF_DATA_SEED = 12345   # not the training data's seed: the classifier sees other images
-_CLF_VERSION = 1         # bump when the recipe, the model or unclear_images change
+_CLF_VERSION = 2         # bump when the recipe, the model or unclear_images change
 
 
 def cached_shape_classifier(resolution: int, quick: bool = False, cache_dir: Optional[str] = None
