@@ -233,5 +233,18 @@ def test_every_control_option_in_help():
     for opt in ("--checkpoint", "--out", "--n ", "--steps", "--seed", "--raw", "--backend"):
         assert opt in fit, opt
     demo = r.invoke(main, ["control-demo", "--help"]).output
-    for opt in ("--outdir", "--minutes", "--baseline", "--quick", "--seed", "--progress"):
+    for opt in ("--outdir", "--kimg", "--baseline", "--quick", "--seed", "--progress"):
         assert opt in demo, opt
+
+
+def test_control_demo_runs_a_fixed_amount_of_work(tmp_path):
+    from transgan_fast.train.control_demo import run_control_demo
+    res = run_control_demo(str(tmp_path), kimg=0.05, quick=True, seed=1, baseline=False,
+                           progress=False)
+    assert res["kimg"] >= 0.05 and res["kimg"] < 0.05 + 0.032  # one batch of 16 past the target
+    assert set(res["control"]) == {"colour", "background", "size"}
+    assert os.path.isfile(res["grid"])
+    with pytest.raises(ValueError, match="kimg must be > 0; got 0"):
+        run_control_demo(str(tmp_path), kimg=0.0, quick=True)
+    bad = CliRunner().invoke(main, ["control-demo", "--kimg", "-1"])
+    assert bad.exit_code == 2 and "--kimg" in bad.output
