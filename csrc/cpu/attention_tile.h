@@ -35,63 +35,47 @@ constexpr int DB = 16;   // head-dim lanes per register block (value micro-kerne
 #define TGF_KERNEL_INLINE static inline __attribute__((always_inline))
 
 #if TGF_X86_MULTIVERSION
+// The best copy for this CPU, decided once: 4 = AVX-512 (x86-64-v4), 3 = AVX2+FMA (x86-64-v3),
+// 1 = baseline x86-64.
+inline int isa_level() {
+  static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4
+                           : __builtin_cpu_supports("x86-64-v3") ? 3
+                                                                 : 1;
+  return level;
+}
+// Calls `name##_v4/_v3/_v1 TARGS ARGS` by isa_level() (TARGS: empty or `<T>`).
+#define TGF_ISA_SELECT(name, TARGS, ARGS)          \
+  do {                                             \
+    const int level_ = isa_level();                \
+    if (level_ == 4) name##_v4 TARGS ARGS;         \
+    else if (level_ == 3) name##_v3 TARGS ARGS;    \
+    else name##_v1 TARGS ARGS;                     \
+  } while (0)
+#define TGF_TARGET_V4 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#define TGF_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
+
 // Compiles `body_fn` (a TGF_KERNEL_INLINE function) three times: AVX-512 (512-bit vectors),
 // AVX2+FMA, and baseline x86-64; `name` picks the best one for this CPU at run time. No
 // -march=native: the wheel runs on any x86-64.
-#define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS)                                      \
-  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
-    body_fn ARGS;                                                                          \
-  }                                                                                        \
-  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_fn ARGS; }        \
-  void name##_v1 PARAMS { body_fn ARGS; }                                                  \
-  void name PARAMS {                                                                       \
-    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
-                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
-                                                                   : 1;                    \
-    if (level == 4) name##_v4 ARGS;                                                        \
-    else if (level == 3) name##_v3 ARGS;                                                   \
-    else name##_v1 ARGS;                                                                   \
-  }
+#define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS)                  \
+  TGF_TARGET_V4 void name##_v4 PARAMS { body_fn ARGS; }                \
+  TGF_TARGET_V3 void name##_v3 PARAMS { body_fn ARGS; }                \
+  void name##_v1 PARAMS { body_fn ARGS; }                              \
+  void name PARAMS { TGF_ISA_SELECT(name, , ARGS); }
 // The same for a template on the storage type T (cpu/lowp.h): `name<T>` picks the copy of
 // `body_fn` (which names T) for this CPU.
-#define TGF_ISA_DISPATCH_T(name, body_fn, PARAMS, ARGS)                                    \
-  template <typename T>                                                                    \
-  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
-    body_fn ARGS;                                                                          \
-  }                                                                                        \
-  template <typename T>                                                                    \
-  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_fn ARGS; }        \
-  template <typename T>                                                                    \
-  void name##_v1 PARAMS { body_fn ARGS; }                                                  \
-  template <typename T>                                                                    \
-  void name PARAMS {                                                                       \
-    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
-                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
-                                                                   : 1;                    \
-    if (level == 4) name##_v4<T> ARGS;                                                     \
-    else if (level == 3) name##_v3<T> ARGS;                                                \
-    else name##_v1<T> ARGS;                                                                \
-  }
+#define TGF_ISA_DISPATCH_T(name, body_fn, PARAMS, ARGS)                \
+  template <typename T> TGF_TARGET_V4 void name##_v4 PARAMS { body_fn ARGS; } \
+  template <typename T> TGF_TARGET_V3 void name##_v3 PARAMS { body_fn ARGS; } \
+  template <typename T> void name##_v1 PARAMS { body_fn ARGS; }        \
+  template <typename T> void name PARAMS { TGF_ISA_SELECT(name, <T>, ARGS); }
 // The same, passing the copy's vector width VW (floats per register: 16, 8, 4) as a second
 // template argument of `body_tmpl`, so register blocks fit each ISA's register file.
-#define TGF_ISA_DISPATCH_TV(name, body_tmpl, PARAMS, ARGS)                                 \
-  template <typename T>                                                                    \
-  __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))) void name##_v4 PARAMS { \
-    body_tmpl<T, 16> ARGS;                                                                 \
-  }                                                                                        \
-  template <typename T>                                                                    \
-  __attribute__((target("arch=x86-64-v3"))) void name##_v3 PARAMS { body_tmpl<T, 8> ARGS; } \
-  template <typename T>                                                                    \
-  void name##_v1 PARAMS { body_tmpl<T, 4> ARGS; }                                          \
-  template <typename T>                                                                    \
-  void name PARAMS {                                                                       \
-    static const int level = __builtin_cpu_supports("x86-64-v4")   ? 4                     \
-                             : __builtin_cpu_supports("x86-64-v3") ? 3                     \
-                                                                   : 1;                    \
-    if (level == 4) name##_v4<T> ARGS;                                                     \
-    else if (level == 3) name##_v3<T> ARGS;                                                \
-    else name##_v1<T> ARGS;                                                                \
-  }
+#define TGF_ISA_DISPATCH_TV(name, body_tmpl, PARAMS, ARGS)             \
+  template <typename T> TGF_TARGET_V4 void name##_v4 PARAMS { body_tmpl<T, 16> ARGS; } \
+  template <typename T> TGF_TARGET_V3 void name##_v3 PARAMS { body_tmpl<T, 8> ARGS; } \
+  template <typename T> void name##_v1 PARAMS { body_tmpl<T, 4> ARGS; } \
+  template <typename T> void name PARAMS { TGF_ISA_SELECT(name, <T>, ARGS); }
 #else
 // Not x86-64 with GCC (cpu/platform.h): one copy, compiled for the build's target.
 #define TGF_ISA_DISPATCH(name, body_fn, PARAMS, ARGS) \
