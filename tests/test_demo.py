@@ -136,12 +136,13 @@ def test_demo_config_is_fixed_work():
 
 def test_demo_recipe_windows_the_16x16_stage_and_adds_r1():
     """The measured recipe: 4x4 windows at 16x16 (global attention there was most of a step),
-    G batch = D batch, non-saturating loss with R1."""
+    G batch = D batch, non-saturating loss with R1, self-modulated G, overlapping D patches."""
     from transgan_fast.train.runner import build_models
     cfg = demo_config()
     assert (cfg.loss, cfg.batch, cfg.g_batch, cfg.n_critic) == ("ns", 32, 32, 1)
-    assert cfg.r1_gamma == 0.1
-    G, _ = build_models(cfg)
+    assert cfg.r1_gamma == 1.0
+    G, D = build_models(cfg)
+    assert G.cfg.self_modulation and D.cfg.d_scales[0] == (48, 4, 2, 1)
     last = G.stages[-1][0].attn
     assert last.hw == (16, 16) and last.window == (4, 4)
     assert [blk.attn.window for blk in G.stages[1]] == [(8, 8)]  # 8x8 stays global
