@@ -248,3 +248,13 @@ def test_control_demo_runs_a_fixed_amount_of_work(tmp_path):
         run_control_demo(str(tmp_path), kimg=0.0, quick=True)
     bad = CliRunner().invoke(main, ["control-demo", "--kimg", "-1"])
     assert bad.exit_code == 2 and "--kimg" in bad.output
+
+
+def test_control_demo_uses_the_demo_recipe():
+    from transgan_fast.train.control_demo import CONTROL_KIMG, control_demo_config
+    from transgan_fast.train.demo import demo_config
+    ctl, base, demo = control_demo_config(), control_demo_config(controlled=False), demo_config()
+    assert ctl.kimg == base.kimg == CONTROL_KIMG == demo.kimg
+    assert ctl.control == "colour,background,size" and base.control == ""
+    for k in ("model", "loss", "r1_gamma", "batch", "g_batch", "lr_g", "lr_d", "ema_kimg"):
+        assert getattr(ctl, k) == getattr(base, k) == getattr(demo, k), k

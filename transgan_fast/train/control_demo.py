@@ -21,26 +21,23 @@ import torch.nn.functional as F
 
 from .config import TrainConfig, resolve_config
 from .control_fit import set_latents
-from .demo import QUICK_MODEL
+from .demo import DEMO_KIMG, DEMO_MODEL, DEMO_R1_GAMMA, QUICK_MODEL
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
            "measure_disentanglement", "control_grid", "evaluate_runs", "format_report",
            "run_control_demo", "CONTROL_KIMG"]
 
 CONTROL_ATTRIBUTES = "colour,background,size"
-# The demo's 16x16 model narrowed (48 channels, bicubic upsampling) for a loaded 2-core CPU:
-# 3 sub-spaces of 8 and 24 free latent entries.
-CONTROL_MODEL = dict(latent_dim=48, bottom=4, g_channels=[48, 48, 48], g_depths=[1, 1, 1],
-                     g_upsample=["bicubic", "bicubic"],
-                     d_scales=[[24, 2, 2, 0], [8, 4, 4, 0]], d_stages=[["global"], ["global"]])
+# The demo's model and recipe (demo.py): 3 sub-spaces of 8 latent entries and 40 free ones.
+CONTROL_MODEL = dict(DEMO_MODEL)
 
-CONTROL_KIMG = 8.0     # the default run length of each of the two runs (images shown to D / 1000)
+CONTROL_KIMG = DEMO_KIMG  # the default run length of each of the two runs (images shown to D / 1000)
 
 
 def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Optional[float] = None,
                         seed: int = 0) -> TrainConfig:
     """The control demo's resolved TrainConfig (`controlled=False`: the uncontrolled baseline)."""
-    # A heavier loss weight than the default: the demo has ~150 G steps on a loaded 2-core CPU.
+    # A heavier loss weight than the default: the demo has ~1,000 G steps.
     control = dict(control=CONTROL_ATTRIBUTES, control_dim=8, control_weight=3.0,
                    control_net_steps=200) if controlled else {}
     if quick:
@@ -48,10 +45,12 @@ def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Opti
                               kimg=kimg or 0.2, tick_kimg=0.1, snapshot_ticks=1, metrics="",
                               shapes_n=512, model=QUICK_MODEL, seed=seed, n_critic=1,
                               ema_kimg=1.0, **{**control, "control_net_steps": 100})
-    return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=16,
-                          kimg=kimg or CONTROL_KIMG, tick_kimg=1.0, snapshot_ticks=5, metric_n=512,
-                          shapes_n=8192, model=CONTROL_MODEL, seed=seed, n_critic=1, lr_g=2e-4,
-                          lr_d=2e-4, ema_kimg=1.0, **control)
+    kimg = kimg or CONTROL_KIMG
+    return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=32, g_batch=32,
+                          kimg=kimg, tick_kimg=kimg / 10, snapshot_ticks=5, metric_n=512,
+                          shapes_n=8192, model=CONTROL_MODEL, seed=seed, n_critic=1, loss="ns",
+                          r1_gamma=DEMO_R1_GAMMA, diffaug="", lr_g=2e-4, lr_d=2e-4, ema_kimg=2.0,
+                          **control)
 
 
 def evaluation_nets(resolution: int = 16, seed: int = 0, steps: int = 600, n: int = 8192):
