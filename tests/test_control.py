@@ -256,5 +256,6 @@ def test_control_demo_uses_the_demo_recipe():
     ctl, base, demo = control_demo_config(), control_demo_config(controlled=False), demo_config()
     assert ctl.kimg == base.kimg == CONTROL_KIMG == demo.kimg
     assert ctl.control == "colour,background,size" and base.control == ""
-    for k in ("model", "loss", "r1_gamma", "batch", "g_batch", "lr_g", "lr_d", "ema_kimg"):
+    for k in ("model", "loss", "r1_gamma", "batch", "g_batch", "lr_g", "lr_d", "ema_kimg",
+              "precision"):
         assert getattr(ctl, k) == getattr(base, k) == getattr(demo, k), k
