@@ -162,7 +162,7 @@ def test_checkpoint_resume_with_control():
 
 def test_short_run_control_beats_chance(tmp_path):
     t = _trainer()
-    for _ in range(60):
+    for _ in range(120):  # one shape per image covers much of an 8x8 background: 60 were too few
         t.step()
     G, nets, lay = t.G.eval(), t.control.nets, t.control.layout
     encs = fit_control(G, nets, lay, n=512, steps=200)

@@ -102,9 +102,11 @@ def test_unclear_images_kinds_and_range():
     y = ShapesSource(40, 16, seed=5).labels
     u = unclear_images(x, y, torch.Generator().manual_seed(1))
     assert u.shape == x.shape and u.min() >= -1 and u.max() <= 1
-    # blurred copies (every 4th from 0) are smoother than the images they came from
+    # blurred copies (every 4th from 0) have no sharp edge left: each image's steepest step
+    # between neighbouring rows (the shape's outline in the original) shrinks
     tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
-    assert tv(u[0::4]) < 0.6 * tv(x[0::4])
+    edge = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().amax((1, 2, 3)).mean()  # noqa: E731
+    assert edge(u[0::4]) < 0.5 * edge(x[0::4])
     assert tv(u[2::4]) > 2 * tv(x[2::4])  # noise
 
 
