@@ -16,8 +16,8 @@ from transgan_fast.train import precision as prec
 from transgan_fast.train.config import resolve_config
 from transgan_fast.train.data import ShapesSource
 from transgan_fast.train.demo import DEMO_KIMG, QUICK_KIMG, demo_config
-from transgan_fast.train.shape_classifier import (UNCLEAR, _blur, shape_accuracy, train_classifier,
-                                                  unclear_images)
+from transgan_fast.train.shape_classifier import (UNCLEAR, _blur, mild_perturbation, shape_accuracy,
+                                                  train_classifier, unclear_images)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,6 +95,25 @@ def test_classifier_calls_blurred_and_noise_images_unclear(small_classifier):
         assert m["unclear"] >= 0.8 and m["shape_accuracy"] <= 0.1, (what, m)
     real = shape_accuracy(x, clf, threshold=0.5)
     assert real["unclear"] < 0.3 and real["shape_accuracy"] > 0.5, real  # sharp shapes are shapes
+
+
+def test_classifier_keeps_shapes_a_person_still_sees(small_classifier):
+    # light noise (std 0.1, ~5% of the range) and half a pixel of blur leave a shape a shape
+    clf, _ = small_classifier
+    x = ShapesSource(96, 16, seed=78).get_many(list(range(96))).float() / 127.5 - 1
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).clamp(-1, 1)
+    for what, imgs in (("noise 0.1", noisy), ("blur 0.5 px", _blur(x, torch.full((96,), 0.5)))):
+        m = shape_accuracy(imgs, clf, threshold=0.5)
+        assert m["unclear"] < 0.3 and m["shape_accuracy"] > 0.5, (what, m)
+
+
+def test_mild_perturbation_is_mild_and_varied():
+    x = ShapesSource(64, 16, seed=6).get_many(list(range(64))).float() / 127.5 - 1
+    y = mild_perturbation(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    d = (y - x).abs().mean((1, 2, 3))
+    assert (d < 1e-6).sum() >= 4 and (d > 1e-3).sum() >= 32  # some untouched, most changed
+    assert d.max() < 0.3  # never more than a light perturbation
 
 
 def test_unclear_images_kinds_and_range():
