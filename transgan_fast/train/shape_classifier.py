@@ -8,8 +8,9 @@ the class accuracy of a class-conditional generator measured with it.
     shape_accuracy(images, clf)   # fraction recognised as a shape with probability >= 0.9
 
 With `unclear=True` the classifier gets one more class, "no clear shape" (`UNCLEAR`), trained on
-images made from the real ones (`unclear_images`): blurred, soft blobs of colour, noise, and
-two images of different kinds blended, so that a coloured blob does not count as a circle.
+images made from the real ones (`unclear_images`): blurred, soft blobs of colour, noise, two
+images of different kinds blended, and crisp flat potatoes and ovals, so that a coloured blob
+does not count as a circle.
 
 The classifier is trained on labelled real images (any source with `labels`), with random flips,
 and reports its accuracy on a held-out tenth of them: the measurement is only as good as that.
@@ -17,7 +18,8 @@ With `unclear=True` every training batch is also perturbed as a person would not
 (`mild_perturbation`: pixel noise up to std 0.2, blur up to 0.05 of the image size): without it
 the classifier had learnt pixel-exact edges, and real shapes under noise of std 0.05 (3% of the
 range) were no longer "a shape" for it (shape accuracy 0.94 -> 0.27; blur of half a pixel: 0.09).
-The unclear kinds start well beyond that (blur from 0.09 of the size, noise from std 0.45).
+The unclear kinds start well beyond that (blur from 0.09 of the size, noise from std 0.45), and
+include crisp flat blobs and ovals, so that a sharp potato is not a circle.
 """
 from __future__ import annotations
 
@@ -168,11 +170,13 @@ def unclear_images(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> to
 
     Each is, in turn: the image blurred (sigma 0.09-0.2 of its size, shapes become blobs); a soft
     blob of colour (a Gaussian bump of random size, stretch and colour over the image's border
-    colour); the image under strong noise (std 0.45-0.8) or pure noise; or a blend of the image
-    with one of another kind.
+    colour); the image under strong noise (std 0.45-0.8) or pure noise; a blend of the image
+    with one of another kind; a sharp-edged irregular blob (a circle whose radius wobbles by
+    20-40% around it) and a sharp ellipse stretched 1.7-2.5 times, both flat in the shape's
+    colour on the image's background, so that a crisp potato or oval is not a circle.
     """
     n, _, R, _ = x.shape
-    kind = torch.arange(n) % 4
+    kind = torch.arange(n) % 6
     out = x.clone()
     u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
     blur = kind == 0
@@ -205,7 +209,40 @@ def unclear_images(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> to
             other = torch.where(same, (other + 1) % n, other)
         a = (0.35 + 0.3 * u(idx.numel())).view(-1, 1, 1, 1)
         out[mix] = a * x[idx] + (1 - a) * x[other]
+    sharp = kind >= 4
+    if sharp.any():
+        out[sharp] = _sharp_blobs(x[sharp], kind[sharp] == 5, gen)
     return out.clamp(-1, 1)
+
+
+def _sharp_blobs(x: torch.Tensor, ellipse: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flat sharp-edged non-shapes in the colours of `x (m, 3, R, R)`: the background is the
+    border's mean colour, the foreground the pixel farthest from it. `ellipse (m,)` bool picks a
+    stretched ellipse (axis ratio 1.7-2.5, any angle); the rest are wobbly blobs, radius
+    `r (1 + sum_k a_k cos(k theta + phi_k))`, k = 2..4, |a| summing to 0.2-0.4."""
+    m, _, R, _ = x.shape
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    border = torch.cat([x[:, :, 0], x[:, :, -1]], 2).mean(2)                   # (m, 3)
+    far = (x - border[..., None, None]).abs().sum(1).flatten(1).argmax(1)      # (m,)
+    fg = x.flatten(2)[torch.arange(m), :, far]                                 # (m, 3)
+    t = (torch.arange(R, dtype=x.dtype) + 0.5) / R
+    cy, cx = 0.38 + 0.24 * u(2, m, 1, 1)
+    r = 0.24 + 0.12 * u(m, 1, 1)
+    dy, dx = t.view(1, R, 1) - cy, t.view(1, 1, R) - cx                        # (m, R, 1), (m, 1, R)
+    theta = torch.atan2(dy, dx)                                                # (m, R, R)
+    a = u(m, 3)
+    a = a / a.sum(1, keepdim=True) * (0.2 + 0.2 * u(m, 1))                     # (m, 3)
+    phi = 6.2832 * u(m, 3)
+    wobble = 1 + sum(a[:, j, None, None] * torch.cos((j + 2) * theta + phi[:, j, None, None])
+                     for j in range(3))
+    inside = dy ** 2 + dx ** 2 < (r * wobble) ** 2
+    ang = 3.1416 * u(m, 1, 1)
+    ratio = 1.7 + 0.8 * u(m, 1, 1)
+    along = dx * torch.cos(ang) + dy * torch.sin(ang)
+    across = -dx * torch.sin(ang) + dy * torch.cos(ang)
+    oval = (along / (r * ratio.sqrt())) ** 2 + (across * ratio.sqrt() / r) ** 2 < 1
+    mask = torch.where(ellipse.view(-1, 1, 1), oval, inside)[:, None]          # (m, 1, R, R)
+    return torch.where(mask, fg[..., None, None], border[..., None, None])
 
 
 @torch.no_grad()
@@ -234,7 +271,7 @@ def shape_accuracy(images: torch.Tensor, clf: nn.Module, threshold: float = 0.9,
 # (steps, batch, images) of the classifier the demo uses; `quick` is for tests and smoke checks.
 _CLF_RECIPE = {False: (1500, 128, 8192), True: (60, 32, 256)}
 _CLF_DATA_SEED = 12345   # not the training data's seed: the classifier sees other images
-_CLF_VERSION = 3         # bump when the recipe, the model or unclear_images change
+_CLF_VERSION = 4         # bump when the recipe, the model or unclear_images change
 
 
 def cached_shape_classifier(resolution: int, quick: bool = False, cache_dir: Optional[str] = None
