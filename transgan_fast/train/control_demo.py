@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig, resolve_config
 from .control_fit import set_latents
-from .demo import DEMO_KIMG, DEMO_MODEL, DEMO_PRECISION, DEMO_R1_GAMMA, QUICK_MODEL
+from .demo import DEMO_KIMG, DEMO_LR, DEMO_MODEL, DEMO_PRECISION, DEMO_R1_GAMMA, QUICK_MODEL
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
            "measure_disentanglement", "control_grid", "evaluate_runs", "format_report",
@@ -49,8 +49,8 @@ def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Opti
     return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=32, g_batch=32,
                           kimg=kimg, tick_kimg=kimg / 10, snapshot_ticks=5, metric_n=512,
                           shapes_n=8192, model=CONTROL_MODEL, seed=seed, n_critic=1, loss="ns",
-                          r1_gamma=DEMO_R1_GAMMA, diffaug="", lr_g=2e-4, lr_d=2e-4, ema_kimg=2.0,
-                          precision=DEMO_PRECISION, **control)
+                          r1_gamma=DEMO_R1_GAMMA, diffaug="", lr_g=DEMO_LR, lr_d=DEMO_LR,
+                          ema_kimg=2.0, precision=DEMO_PRECISION, **control)
 
 
 def evaluation_nets(resolution: int = 16, seed: int = 0, steps: int = 600, n: int = 8192):
