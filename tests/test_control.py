@@ -251,11 +251,12 @@ def test_control_demo_runs_a_fixed_amount_of_work(tmp_path):
 
 
 def test_control_demo_uses_the_demo_recipe():
-    from transgan_fast.train.control_demo import CONTROL_KIMG, control_demo_config
+    from transgan_fast.train.control_demo import CONTROL_KIMG, CONTROL_LR, control_demo_config
     from transgan_fast.train.demo import demo_config
     ctl, base, demo = control_demo_config(), control_demo_config(controlled=False), demo_config()
     assert ctl.kimg == base.kimg == CONTROL_KIMG == demo.kimg
     assert ctl.control == "colour,background,size" and base.control == ""
-    for k in ("model", "loss", "r1_gamma", "batch", "g_batch", "lr_g", "lr_d", "ema_kimg",
-              "precision"):
+    for k in ("model", "loss", "r1_gamma", "batch", "g_batch", "ema_kimg", "precision"):
         assert getattr(ctl, k) == getattr(base, k) == getattr(demo, k), k
+    # the step size is the one its numbers were measured at, the same for both of its runs
+    assert ctl.lr_g == ctl.lr_d == base.lr_g == base.lr_d == CONTROL_LR
