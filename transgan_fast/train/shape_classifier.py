@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ShapeClassifier", "train_classifier", "class_accuracy", "unclear_images", "mild_perturbation",
-           "shape_accuracy", "cached_shape_classifier", "UNCLEAR"]
+__all__ = ["ShapeClassifier", "train_classifier", "class_accuracy", "unclear_images",
+           "mild_perturbation", "shape_accuracy", "cached_shape_classifier", "UNCLEAR"]
 
 UNCLEAR = "no clear shape"
 
