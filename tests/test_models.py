@@ -191,6 +191,35 @@ def test_backend_parity_gradient_penalty(preset):
         _assert_parity(pa[n], p32[n], p64[n], True, f"{preset} penalty grad {n}")
 
 
+def test_minibatch_std():
+    """d_mbstd: each sample's logit depends on its group's other samples and on nothing else;
+    off by default (the papers' parameter counts are unchanged) and multiscale only."""
+    assert PRESETS["cifar10"].d_mbstd == 0
+    _, D = build("cifar10", **TINY["cifar10"], d_mbstd=2)
+    D.eval()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    out = D(x)
+    # Groups pair samples i and i + B/2: changing sample 1 moves the logits of 1 and 3 only.
+    y = x.clone()
+    y[1] = -y[1]
+    moved = (D(y) - out).abs().flatten() > 1e-6
+    assert moved.tolist() == [False, True, False, True]
+    # Identical samples have zero spread: the same logit whatever the batch size.
+    same = x[:1].expand(4, -1, -1, -1)
+    assert torch.allclose(D(same), D(same[:2])[:1].expand(4, 1), atol=1e-6)
+    # Second order (R1 / WGAN-GP) reaches the projection.
+    xr = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(D(xr).sum(), xr, create_graph=True)
+    gx.square().sum().backward()
+    assert D.mbstd_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiple of 2"):
+        D(x[:3])
+    with pytest.raises(ValueError, match="d_mbstd"):
+        config("celeba64", d_mbstd=4)
+    with pytest.raises(ValueError, match="d_mbstd"):
+        config("cifar10", d_mbstd=-1)
+
+
 def test_cifar10_full_size_forward_backward_parity():
     """The real CIFAR-10 preset, batch 1: G then D, forward and backward, ref vs auto."""
     G, D = build("cifar10", backend="ref")

@@ -35,6 +35,9 @@ class TransGANConfig:
     `d_scales[i] = (channels, kernel, stride, padding)`; stage `i` runs blocks `d_stages[i]` (one
     attention kind per block) at the sum of the first `i + 1` scales' channels. `d_kind="vit"` (v1):
     plain ViT with patch `d_patch`, `d_dim` channels and `d_depth` blocks, cls + absolute position.
+    `d_mbstd > 0` (multiscale only; 0 = off, the papers' models): minibatch standard deviation
+    (Karras et al., 2018) over groups of `d_mbstd` samples, fed to the cls token (see
+    `Discriminator`), so D sees how varied a batch is.
 
     Class conditioning (`num_classes > 0`; 0 = unconditional, the papers' models unchanged): a
     shared class embedding of `class_dim` channels is concatenated to the latent before the stem,
@@ -71,6 +74,7 @@ class TransGANConfig:
     d_patch: int = 4
     d_dim: int = 384
     d_depth: int = 7
+    d_mbstd: int = 0                                 # minibatch-std group size (0: off)
     # Class conditioning (0: unconditional).
     num_classes: int = 0
     class_dim: int = 128
@@ -97,6 +101,10 @@ class TransGANConfig:
                              f"class_dim={self.class_dim}")
         if self.d_kind not in ("multiscale", "vit"):
             raise ValueError(f"TransGANConfig: d_kind must be 'multiscale' or 'vit'; got {self.d_kind!r}")
+        if self.d_mbstd < 0 or (self.d_mbstd and self.d_kind != "multiscale"):
+            raise ValueError(f"TransGANConfig: d_mbstd must be >= 0 (0: off) and needs "
+                             f"d_kind='multiscale'; got d_mbstd={self.d_mbstd}, "
+                             f"d_kind={self.d_kind!r}")
         if self.d_kind == "multiscale" and len(self.d_scales) != len(self.d_stages):
             raise ValueError(f"TransGANConfig: need one d_scale per d_stage; got {len(self.d_scales)} "
                              f"scales and {len(self.d_stages)} stages")

@@ -7,6 +7,10 @@ block (no relative bias; attention noise as the other blocks), then norm, cls to
 
 Class-conditional (`cfg.num_classes > 0`): a projection discriminator (Miyato & Koyama, 2018),
 `D(x, y) = w·h + b + <E[y], h>` with `h` the normed cls feature and `E` a class embedding.
+
+Minibatch std (`cfg.d_mbstd = G > 0`): before the final block, each channel's standard deviation
+over a group of G samples, averaged over the tokens, goes through a linear map and is added to
+those samples' cls token, so the last block can tell a varied batch from a collapsed one.
 """
 from __future__ import annotations
 
@@ -84,6 +88,22 @@ class Discriminator(nn.Module):
         if cfg.num_classes:  # after the loop: models without classes keep their init draws
             self.class_embed = nn.Embedding(cfg.num_classes, dim)
             trunc_normal_(self.class_embed.weight)
+        if cfg.d_mbstd:
+            self.mbstd_proj = nn.Linear(dim, dim)
+            trunc_normal_(self.mbstd_proj.weight)
+            nn.init.zeros_(self.mbstd_proj.bias)
+
+    def _mbstd(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample `(B, 1, C)` cls offset from the group statistics of tokens `t (B, N, C)`."""
+        B, N, C = t.shape
+        G = min(self.cfg.d_mbstd, B)
+        if B % G:
+            raise ValueError(f"Discriminator: with d_mbstd={self.cfg.d_mbstd} the batch must be a "
+                             f"multiple of {G}; got {B}")
+        g = t.float().reshape(G, B // G, N, C)
+        std = (g.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=1)      # (B/G, C)
+        off = self.mbstd_proj(std.to(t.dtype))                              # (B/G, C)
+        return off.repeat(G, 1).unsqueeze(1)                                # (B, 1, C)
 
     def _score(self, h: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         """Logits `(B, 1)` from the final feature `h (B, C)`: the head, plus the projection
@@ -121,5 +141,7 @@ class Discriminator(nn.Module):
             t = tok + self.pos[i]
             for blk in blocks:
                 t = blk(t)
+        if self.cfg.d_mbstd:
+            cls = cls + self._mbstd(t)
         t = self.final(torch.cat([cls, t], dim=1))                          # (B, 1 + N, C)
         return self._score(self.norm(t[:, 0]), y)
