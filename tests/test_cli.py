@@ -219,3 +219,27 @@ def test_device_cuda_without_gpu(tmp_path, noisy_ckpt):
     one_line_error(["generate", "--checkpoint", noisy_ckpt, "--device", "cuda"],
                    "no CUDA device is available")
     one_line_error(["train", "--dry-run", "--device", "cuda"], "no CUDA device is available")
+
+
+@pytest.mark.parametrize("user_env, spin", [({}, "1000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
+                                            ({"OMP_WAIT_POLICY": "ACTIVE"}, "unset")])
+def test_cli_shortens_openmp_spinning_before_torch(user_env, spin):
+    """The CLI shortens OpenMP's spin-wait unless the user chose a policy, and it can only do so
+    because importing the package and the CLI does not load torch (OpenMP reads the variable
+    once, when torch loads it)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import os, sys, transgan_fast.cli; "
+            "print('torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT', 'unset'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, **user_env},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", spin]
+
+
+def test_package_exports_ops_lazily():
+    import transgan_fast
+    assert "grid_attention" in transgan_fast.__all__ and "backends" in transgan_fast.__all__
+    assert transgan_fast.grid_attention is transgan_fast.ops.grid_attention
+    with pytest.raises(AttributeError, match="no attribute 'not_an_op'"):
+        transgan_fast.not_an_op
