@@ -217,7 +217,7 @@ def fit_control_cmd(ckpt, out, n, steps, seed, raw, backend):
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Run length of each run in thousands of "
               "images shown to D (fixed work: the result does not depend on machine load; the "
-              "attribute networks train before it) [default: 30, the demo's; 0.2 with --quick].")
+              "attribute networks train before it) [default: 30; 0.2 with --quick].")
 @click.option("--baseline/--no-baseline", default=True, help="Also train the uncontrolled baseline "
               "(as long again) and measure it the same way.")
 @click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke "
