@@ -36,8 +36,9 @@ __all__ = ["DEMO_MODEL", "QUICK_MODEL", "DEMO_KIMG", "DEMO_LR", "DEMO_PRECISION"
 # D adds the minibatch standard deviation (groups of 4) to its cls token: at 30 kimg (one thread,
 # Adam 5e-4) SWD 41.4 -> 28.0 of 135.2 (31% -> 21%) and more varied colours, but shape_accuracy
 # 0.16 -> 0.08 (both draw blobs, not shapes). With it, R1 gamma 0.5: 22% / 0.08; Adam 1e-3:
-# 38% / 0.11; a second 16x16 G block: 22% / 0.09, 40% slower. Lazy R1 (every 4th step) without it
-# never left noise (0.00); batch 16 without it 39% / 0.18, 10% slower.
+# 38% / 0.11; a second 16x16 G block: 21% / 0.09, 40% slower; D without attention noise: 21% /
+# 0.06; class-conditional (Adam 2e-4): SWD rose after 12 kimg, no sample a clear shape. Without
+# it, lazy R1 (every 4th step) never left noise (0.00); batch 16 39% / 0.18, 10% slower.
 DEMO_MODEL = dict(latent_dim=64, bottom=4, g_channels=[128, 32, 32], g_depths=[1, 1, 1],
                   g_upsample=["pixelshuffle", "bicubic"], g_attn=["global", "global", "grid4"],
                   self_modulation=True, mod_tokens=8, mod_dim=64,
