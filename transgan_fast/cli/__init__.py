@@ -22,8 +22,8 @@ import sys
 
 # OpenMP threads that wait for work spin, by default for about 300,000 iterations. Beside another
 # CPU-bound process the spinning threads of both fight for the cores: 20 demo training steps took
-# 131 s beside a 2-thread matmul loop, 29 s with a spin count of 1000, and 20.5 s vs 19.5 s idle
-# (40 steps, no measurable cost). OpenMP reads this once, when torch loads it, so it is set here,
+# 131 s beside a 2-thread matmul loop, 29 s with a spin count of 1000; idle, 40 steps took
+# 19.5-20.8 s either way. OpenMP reads this once, when torch loads it, so it is set here,
 # before anything imports torch (the package imports torch lazily). A policy the user chose
 # (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is kept. The variable is GNU OpenMP's (Linux torch wheels).
 if "OMP_WAIT_POLICY" not in os.environ:
