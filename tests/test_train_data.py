@@ -20,6 +20,37 @@ def test_shapes_deterministic_and_varied():
     assert open_source("shapes", 16).images.shape[-1] == 16
 
 
+def _shape_centres(src):
+    """Each image's foreground centre of mass (fraction of the side), from its labels' colours."""
+    x = src.images.float()
+    fg = (x - x[:, :, :1, :1]).abs().sum(1) > 1  # pixels unlike the corner (background)
+    yy, xx = torch.meshgrid(torch.arange(x.shape[-1]) + 0.5, torch.arange(x.shape[-1]) + 0.5,
+                            indexing="ij")
+    n = fg.sum((1, 2)).float()
+    return (fg * yy).sum((1, 2)) / n / x.shape[-1], (fg * xx).sum((1, 2)) / n / x.shape[-1], n
+
+
+def test_shapes_centred_layout():
+    varied = ShapesSource(256, 32, seed=4)
+    centred = open_source("shapes-centred", 32, seed=4, shapes_n=256)
+    assert centred.layout == "centred" and centred.name == "shapes-centred32"
+    # Same kinds and colours from the same seed; only place and size differ.
+    assert torch.equal(varied.labels, centred.labels)
+    assert torch.equal(varied.attributes["colour"], centred.attributes["colour"])
+    _, cx_c, n_c = _shape_centres(centred)
+    _, cx_v, n_v = _shape_centres(varied)
+    # Horizontal centre of mass: 0.5 for every centred shape (a triangle's vertical one is not).
+    assert (cx_c - 0.5).abs().max() < 0.03 and (cx_v - 0.5).abs().max() > 0.08
+    assert n_c.std() < n_v.std()  # the narrower radius range
+    assert torch.all(centred.attributes["position"] == 0.5)
+    s = centred.attributes["size"]
+    assert s.min() >= 0 and s.max() <= 1 and s.std() > 0.2
+    with pytest.raises(ValueError, match="layout must be one of"):
+        ShapesSource(8, 16, layout="corner")
+    with pytest.raises(FileNotFoundError, match="shapes-centred"):
+        open_source("shapes-centered", 16)
+
+
 def _write_images(folder, sizes):
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -125,7 +125,8 @@ def main(debug):
 
 @main.command(context_settings=CTX)
 @click.option("--preset", default="cifar10", help="Model and recipe preset (models.PRESETS).")
-@click.option("--data", default="shapes", help="'shapes' (built-in), an image folder, a .zip, "
+@click.option("--data", default="shapes", help="'shapes' or 'shapes-centred' (built-in; the second "
+              "puts every shape in the middle), an image folder, a .zip, "
               "'cifar10:<dir of python batches>' or 'stl10:<*_X.bin or dir>'.")
 @click.option("--outdir", default="runs", help="Parent directory of run directories.")
 @click.option("--kimg", type=float, default=None, help="Train for this many thousand real images "

@@ -45,10 +45,17 @@ SHAPE_CLASSES = ("circle", "square", "triangle")
 SHAPE_ATTRIBUTES = {
     "kind": SHAPE_CLASSES,
     "colour": ("cyan", "magenta", "yellow"),  # the dimmed channel: red, green, blue
-    "size": None,          # radius, 0.15 R .. 0.3 R -> 0 .. 1
-    "position": None,      # vertical centre, 0.3 R .. 0.7 R -> 0 .. 1 (flips leave it unchanged)
-    "background": None,    # mean background level, 0 .. 0.35 -> 0 .. 1
+    "size": None,          # radius over the layout's range (`SHAPE_LAYOUTS`) -> 0 .. 1
+    "position": None,      # vertical centre over the layout's range -> 0 .. 1 (0.5 when fixed;
+                           # flips leave it unchanged)
+    "background": None,    # mean background level, 0 .. 0.4 -> 0 .. 1
 }
+# Where the shape lies and how large it is, as fractions of the side: (radius min, radius max,
+# centre min, centre max) per layout. "varied" is the `shapes` data; "centred" (`shapes-centred`)
+# fixes the centre and narrows the radius, so a generator has only kind and colours to learn.
+SHAPE_LAYOUTS = {"varied": (0.22, 0.38, 0.36, 0.64), "centred": (0.30, 0.36, 0.5, 0.5)}
+# The built-in data specs and the layout each one draws.
+SHAPES_SPECS = {"shapes": "varied", "shapes-centred": "centred"}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -106,18 +113,22 @@ class ShapesSource(ArraySource):
     """One coloured circle, square or triangle per image, on a flat background of varied colour.
 
     Deterministic in `seed`; `n` images at `resolution`. The shape's kind is the image's label
-    (`SHAPE_CLASSES`). Its radius is 0.22–0.38 of the side and its centre lies in the middle 0.36–
-    0.64 of each axis, so the whole shape is recognisable even at 16². `attributes` maps each name
-    of `SHAPE_ATTRIBUTES` to its values: int64 class indices or float32 values in [0, 1], `(n,)`.
+    (`SHAPE_CLASSES`). `layout` (`SHAPE_LAYOUTS`) sets where it lies and how large it is:
+    "varied" (default) draws the radius in 0.22–0.38 of the side and the centre in the middle
+    0.36–0.64 of each axis, so the whole shape is recognisable even at 16²; "centred" puts every
+    shape in the middle with a radius of 0.30–0.36 of the side. `attributes` maps each name of
+    `SHAPE_ATTRIBUTES` to its values: int64 class indices or float32 values in [0, 1], `(n,)`.
     """
 
-    R_MIN, R_MAX = 0.22, 0.38          # radius range, fraction of the side
-    C_MIN, C_MAX = 0.36, 0.64          # centre range, fraction of the side
-
-    def __init__(self, n: int = 8192, resolution: int = 32, seed: int = 0):
+    def __init__(self, n: int = 8192, resolution: int = 32, seed: int = 0, layout: str = "varied"):
         if n < 1 or resolution < 8:
             raise ValueError(f"ShapesSource: need n >= 1 and resolution >= 8; got n={n}, "
                              f"resolution={resolution}")
+        if layout not in SHAPE_LAYOUTS:
+            raise ValueError(f"ShapesSource: layout must be one of {sorted(SHAPE_LAYOUTS)}; "
+                             f"got {layout!r}")
+        self.layout = layout
+        self.R_MIN, self.R_MAX, self.C_MIN, self.C_MAX = SHAPE_LAYOUTS[layout]
         rng = np.random.default_rng(seed)
         R = resolution
         yy, xx = np.mgrid[0:R, 0:R].astype(np.float32) + 0.5  # (R, R) pixel centres
@@ -129,8 +140,8 @@ class ShapesSource(ArraySource):
         dimmed = rng.integers(0, 3, n)
         col[np.arange(n), dimmed] *= 0.3  # saturated colours
         attrs = {"kind": labels, "colour": dimmed,
-                 "size": (r / R - self.R_MIN) / (self.R_MAX - self.R_MIN),
-                 "position": (cy / R - self.C_MIN) / (self.C_MAX - self.C_MIN),
+                 "size": _unit(r / R, self.R_MIN, self.R_MAX),
+                 "position": _unit(cy / R, self.C_MIN, self.C_MAX),
                  "background": bg.mean((1, 2, 3)) / 0.4}
         dy = yy[None] - cy[:, None, None]  # (n, R, R)
         dx = xx[None] - cx[:, None, None]
@@ -142,11 +153,17 @@ class ShapesSource(ArraySource):
                         np.where(labels[:, None, None] == 1, square, tri))
         img = np.where(mask[:, None], col[:, :, None, None], np.broadcast_to(bg, (n, 3, R, R)))
         data = torch.from_numpy((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
-        super().__init__(data, f"shapes{R}", torch.from_numpy(labels.astype(np.int64)),
+        name = "shapes" if layout == "varied" else f"shapes-{layout}"
+        super().__init__(data, f"{name}{R}", torch.from_numpy(labels.astype(np.int64)),
                          list(SHAPE_CLASSES))
         self.attributes = {k: torch.from_numpy(v.astype(np.int64 if SHAPE_ATTRIBUTES[k] else
                                                         np.float32)) for k, v in attrs.items()}
         self.attribute_kinds = dict(SHAPE_ATTRIBUTES)
+
+
+def _unit(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`v` mapped from [lo, hi] to [0, 1]; 0.5 everywhere when the range is one point."""
+    return (v - lo) / (hi - lo) if hi > lo else np.full_like(v, 0.5)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -333,7 +350,8 @@ class ImageFileSource:
 
 def open_source(spec: str, resolution: int, seed: int = 0, shapes_n: int = 8192,
                 labeled: bool = False):
-    """Build a source from a spec: "shapes", "cifar10:<dir>", "stl10:<file|dir>", a folder or a .zip.
+    """Build a source from a spec: "shapes", "shapes-centred", "cifar10:<dir>", "stl10:<file|dir>",
+    a folder or a .zip.
 
     A folder holding `data_batch_1` is read as CIFAR-10; a `.bin` file as STL-10.
     `labeled=True`: the source must have class labels (ValueError naming the spec otherwise).
@@ -350,12 +368,13 @@ def open_source(spec: str, resolution: int, seed: int = 0, shapes_n: int = 8192,
 
 
 def _open(spec: str, resolution: int, seed: int, shapes_n: int, labeled: bool):
-    if spec == "shapes":
-        return ShapesSource(shapes_n, resolution, seed)
+    if spec in SHAPES_SPECS:
+        return ShapesSource(shapes_n, resolution, seed, layout=SHAPES_SPECS[spec])
     kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("cifar10", "stl10") \
         else ("", "", spec)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"data: {spec!r} is not 'shapes' and {path!r} does not exist")
+        raise FileNotFoundError(f"data: {spec!r} is not one of {sorted(SHAPES_SPECS)} and "
+                                f"{path!r} does not exist")
     if kind == "cifar10" or os.path.isfile(os.path.join(path, "data_batch_1")):
         return load_cifar10(path, resolution)
     if kind == "stl10" or path.endswith(".bin"):

@@ -32,7 +32,7 @@ RESUME_RECORD = "resume.json"
 
 def describe(cfg: TrainConfig) -> str:
     """The run-directory suffix: preset, data name, batch (`-cond` class-conditional, `-ctrl` controlled)."""
-    data = "shapes" if cfg.data == "shapes" else os.path.basename(os.path.normpath(cfg.data.split(":")[-1]))
+    data = cfg.data if cfg.data.startswith("shapes") and ":" not in cfg.data else os.path.basename(os.path.normpath(cfg.data.split(":")[-1]))
     cond = ("-cond" if cfg.cond == "class" else "") + ("-ctrl" if getattr(cfg, "control", "") else "")
     return f"{cfg.preset}-{data}-b{cfg.batch}{cond}".replace(os.sep, "_")
 
