@@ -120,7 +120,7 @@ def run_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: bool = F
 
     cache_dir: where the shape classifier is kept once trained (see `cached_shape_classifier`).
     """
-    from .data import ShapesSource
+    from .data import open_source
     from .loop import _seed_of
     from .shape_classifier import cached_shape_classifier, shape_accuracy
     cfg = demo_config(quick, kimg, seed, backend, precision)
@@ -128,7 +128,8 @@ def run_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: bool = F
     t0 = time.time()
     clf, clf_info = cached_shape_classifier(cfg.resolution, quick=quick, cache_dir=cache_dir)
     fakes = _ema_samples(result.run_dir, cfg, SAMPLES_N if not quick else 64)
-    reals = ShapesSource(fakes.shape[0], cfg.resolution, seed=_seed_of(cfg.seed, 99) % 2 ** 31)
+    reals = open_source(cfg.data, cfg.resolution, seed=_seed_of(cfg.seed, 99) % 2 ** 31,
+                        shapes_n=fakes.shape[0])
     reals = reals.get_many(list(range(len(reals)))).float() / 127.5 - 1
     acc, acc_real = shape_accuracy(fakes, clf), shape_accuracy(reals, clf)
     picture = save_side_by_side(fakes, reals, os.path.join(result.run_dir, "samples.png"))
