@@ -258,7 +258,10 @@ def test_control_demo_uses_the_demo_recipe():
     assert ctl.control == "colour,background,size" and base.control == ""
     for k in ("loss", "r1_gamma", "batch", "g_batch", "ema_kimg", "precision"):
         assert getattr(ctl, k) == getattr(base, k) == getattr(demo, k), k
-    # the demo's model without the minibatch std, where its numbers were measured
-    assert ctl.model == base.model == {**demo.model, "d_mbstd": 0} and demo.model["d_mbstd"] == 4
+    # the demo's earlier unconditional model without the minibatch std, where its numbers were
+    # measured (the demo itself is class-conditional now; the control runs are not)
+    expect = {k: v for k, v in demo.model.items() if k != "class_dim"}
+    assert ctl.model == base.model == expect and "d_mbstd" not in ctl.model
+    assert ctl.cond == base.cond == "none" and demo.cond == "class"
     # the step size is the one its numbers were measured at, the same for both of its runs
     assert ctl.lr_g == ctl.lr_d == base.lr_g == base.lr_d == CONTROL_LR

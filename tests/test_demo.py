@@ -145,8 +145,16 @@ def test_shape_accuracy_counts_only_confident_shapes():
     m = shape_accuracy(imgs, Fixed())
     assert m["shape_accuracy"] == 0.5 and m["unclear"] == 0.25
     assert m["frac/0"] == 0.25 and m["frac/2"] == 0.25 and m["frac/1"] == 0
+    assert "class_accuracy" not in m
+    # asked for circle, circle, square, triangle: only image 0 is a confident shape of its kind
+    # (image 1 is an unsure circle, image 2 unclear, image 3 a confident triangle)
+    m = shape_accuracy(imgs, Fixed(), labels=torch.tensor([0, 0, 1, 1]))
+    assert m["class_accuracy"] == 0.25
+    assert shape_accuracy(imgs, Fixed(), labels=torch.tensor([0, 0, 1, 2]))["class_accuracy"] == 0.5
     with pytest.raises(ValueError, match="threshold must be in"):
         shape_accuracy(imgs, Fixed(), threshold=1.5)
+    with pytest.raises(ValueError, match=r"labels must be \(4,\)"):
+        shape_accuracy(imgs, Fixed(), labels=torch.tensor([0, 1]))
 
 
 # ---- the demo: fixed work, summary ----------------------------------------------------------------
@@ -168,7 +176,10 @@ def test_demo_recipe_windows_the_16x16_stage_and_adds_r1():
     cfg = demo_config()
     assert (cfg.loss, cfg.batch, cfg.g_batch, cfg.n_critic) == ("ns", 32, 32, 1)
     assert cfg.r1_gamma == 1.0
+    # class-conditional (class = shape kind) on the centred shapes, a 16-channel class embedding
+    assert cfg.cond == "class" and cfg.data == "shapes-centred"
     G, D = build_models(cfg)
+    assert G.num_classes == D.cfg.num_classes == 3 and G.class_embed.weight.shape == (3, 16)
     assert G.cfg.self_modulation and D.cfg.d_scales[0] == (48, 4, 2, 1)
     last = G.stages[-1][0].attn
     assert last.hw == (16, 16) and last.window == (4, 4)
@@ -185,9 +196,11 @@ def test_demo_quick_summary_and_pictures(tmp_path, monkeypatch):
     s = json.loads((out / run / "summary.json").read_text())
     batch = demo_config(quick=True).batch
     assert s["steps"] == math.ceil(100 / batch) and s["kimg"] == round(s["steps"] * batch / 1000, 2)
-    for key in ("swd_initial", "swd_final", "shape_accuracy", "shape_accuracy_reals"):
+    for key in ("swd_initial", "swd_final", "shape_accuracy", "class_accuracy",
+                "shape_accuracy_reals"):
         assert isinstance(s[key], float), key
-    for key in ("swd_initial", "swd_final", "shape_accuracy"):
+    assert s["class_accuracy"] <= s["shape_accuracy"]
+    for key in ("swd_initial", "swd_final", "shape_accuracy", "class_accuracy"):
         assert f"  {key} " in r.output, key  # the printed screen uses the summary's names
     assert 0 <= s["shape_accuracy"] <= 1 and s["swd_initial"] > 0
     assert s["precision"].startswith("torch.float32: float32 as asked")

@@ -21,18 +21,21 @@ import torch.nn.functional as F
 
 from .config import TrainConfig, resolve_config
 from .control_fit import set_latents
-from .demo import DEMO_MODEL, DEMO_PRECISION, DEMO_R1_GAMMA, QUICK_MODEL
+from .demo import DEMO_PRECISION, DEMO_R1_GAMMA, QUICK_MODEL
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
            "measure_disentanglement", "control_grid", "evaluate_runs", "format_report",
            "run_control_demo", "CONTROL_KIMG", "CONTROL_LR"]
 
 CONTROL_ATTRIBUTES = "colour,background,size"
-# The demo's model and recipe (demo.py): 3 sub-spaces of 8 latent entries and 40 free ones. The
+# The demo's earlier unconditional model and recipe (demo.py): 3 sub-spaces of 8 latent entries and 40 free ones. The
 # discriminator has no minibatch std: with it (30 kimg, Adam 2e-4, measured beside a loaded demo)
 # colour control fell below the baseline (accuracy 0.336, baseline 0.395, was 0.439 without it);
 # background 0.045 and size 0.137 mean abs. error were about as without it (0.044, 0.120).
-CONTROL_MODEL = dict(DEMO_MODEL, d_mbstd=0)
+CONTROL_MODEL = dict(latent_dim=64, bottom=4, g_channels=[128, 32, 32], g_depths=[1, 1, 1],
+                     g_upsample=["pixelshuffle", "bicubic"], g_attn=["global", "global", "grid4"],
+                     self_modulation=True, mod_tokens=8, mod_dim=64,
+                     d_scales=[[48, 4, 2, 1], [16, 4, 4, 0]], d_stages=[["global"], ["global"]])
 
 # The default run length of each of the two runs (images shown to D / 1000): the demo's earlier
 # 30, where the README's control numbers were measured.

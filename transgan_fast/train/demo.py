@@ -1,14 +1,19 @@
-"""`transgan-fast demo`: a small TransGAN trained on the built-in shapes for a fixed amount of work.
+"""`transgan-fast demo`: a small class-conditional TransGAN trained on the built-in shapes for a
+fixed amount of work.
 
 The run length is counted in images (`kimg`), never in seconds, so the result does not depend on
 how busy the machine is; the progress bar counts those images and its ETA is the time left.
 The model is the cifar10 preset shrunk to a 16² output (fewer channels and blocks), with the
-package's fused attention. After training the demo measures what a person sees: a small CNN
-trained on labelled shapes (with a "no clear shape" class of blurred, blob-like and noise images,
-see `shape_classifier`) reports the fraction of samples recognised as a shape with high
-confidence (`shape_accuracy`), next to SWD. It writes `samples.png` (samples beside real images),
-`curves.png` (losses and SWD against kimg) and `summary.json`, and prints a one-screen summary.
-`--quick` shrinks everything (model, data, classifier) to seconds, for tests and smoke checks.
+package's fused attention, conditioned on the shape's kind (circle, square, triangle: a class
+embedding modulates every generator stage, and the discriminator is a projection discriminator),
+trained on `shapes-centred` (every shape in the middle of a flat background of varied colour).
+After training the demo measures what a person sees: a small CNN trained on labelled shapes (with
+a "no clear shape" class of blurred, blob-like and noise images, see `shape_classifier`) reports
+the fraction of samples recognised as a shape with high confidence (`shape_accuracy`) and the
+fraction recognised as the kind they were generated for (`class_accuracy`), next to SWD. It writes
+`samples.png` (samples beside real images), `curves.png` (losses and SWD against kimg) and
+`summary.json`, and prints a one-screen summary. `--quick` shrinks everything (model, data,
+classifier) to seconds, for tests and smoke checks.
 """
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ from typing import Dict, Optional
 import torch
 
 from .config import TrainConfig, resolve_config
+from .data import SHAPE_CLASSES
 from .runner import RunResult, run_training
 
-__all__ = ["DEMO_MODEL", "QUICK_MODEL", "DEMO_KIMG", "DEMO_LR", "DEMO_PRECISION", "demo_config",
-           "run_demo", "plot_curves", "format_summary"]
+__all__ = ["DEMO_MODEL", "QUICK_MODEL", "DEMO_DATA", "DEMO_KIMG", "DEMO_LR", "DEMO_PRECISION",
+           "demo_config", "run_demo", "plot_curves", "format_summary"]
 
 # 16x16 output (4 -> 8 -> 16 tokens per side). Non-saturating loss with the R1 penalty on reals
 # (gamma 1), no augmentation, batch 32 for both D and G, one D step per G step. The 16x16 stage
@@ -33,19 +39,29 @@ __all__ = ["DEMO_MODEL", "QUICK_MODEL", "DEMO_KIMG", "DEMO_LR", "DEMO_PRECISION"
 # Measured at equal work (30 kimg, one thread each, two runs side by side), SWD as a share of
 # initial: the previous recipe (gamma 0.1, no self-modulation, 2x2 patches) 112% at its default
 # 50 kimg (collapsed), gamma 1 alone 67%, + self-modulation 43%, + overlapping patches 28%.
-# D adds the minibatch standard deviation (groups of 4) to its cls token: at 30 kimg (one thread,
+# The unconditional demo before this one added the minibatch standard deviation (groups of 4) to
+# D's cls token (`d_mbstd`): at 30 kimg (one thread,
 # Adam 5e-4) SWD 41.4 -> 28.0 of 135.2 (31% -> 21%) and more varied colours, but shape_accuracy
 # 0.16 -> 0.08 (both draw blobs, not shapes). With it, R1 gamma 0.5: 22% / 0.08; Adam 1e-3:
 # 38% / 0.11; a second 16x16 G block: 21% / 0.09, 40% slower; D without attention noise: 21% /
 # 0.06; class-conditional (Adam 2e-4): SWD rose after 12 kimg, no sample a clear shape. Without
 # it, lazy R1 (every 4th step) never left noise (0.00); batch 16 39% / 0.18, 10% slower.
+# Class-conditional, on `shapes-centred`: measured at 24 kimg (one thread per run, two runs side by
+# side), the class embedding (16 channels) is what makes the generator draw shapes in this budget.
+# Unconditional, on `shapes` with the minibatch std above: shape_accuracy 0.04 (0.08 on
+# `shapes-centred`, 0.50 after 96 kimg there). Class-conditional on `shapes-centred`: with the
+# cifar10 preset's 128-channel class embedding training diverged (SWD 175 -> 116 -> 165, no
+# clear shape: the embedding was two thirds of the stem's input); with 16 channels and the
+# minibatch std 0.69 (samples of the requested kind 0.89); without the minibatch std 0.94 (0.99).
 DEMO_MODEL = dict(latent_dim=64, bottom=4, g_channels=[128, 32, 32], g_depths=[1, 1, 1],
                   g_upsample=["pixelshuffle", "bicubic"], g_attn=["global", "global", "grid4"],
                   self_modulation=True, mod_tokens=8, mod_dim=64,
                   d_scales=[[48, 4, 2, 1], [16, 4, 4, 0]], d_stages=[["global"], ["global"]],
-                  d_mbstd=4)
+                  class_dim=16)
+# The built-in data the demo trains on (an `open_source` spec).
+DEMO_DATA = "shapes-centred"
 QUICK_MODEL = dict(latent_dim=32, bottom=4, g_channels=[32, 32, 32], g_depths=[1, 1, 1],
-                   g_upsample=["bicubic", "bicubic"],
+                   g_upsample=["bicubic", "bicubic"], class_dim=8,
                    d_scales=[[24, 2, 2, 0], [8, 4, 4, 0]], d_stages=[["global"], ["global"]])
 # The default run length (images shown to D, in thousands). With the minibatch std, SWD at 24 kimg
 # was already within 2 points of its 30 kimg value (three seeds: 21/22/24% vs 20/22/22% of
@@ -65,16 +81,19 @@ SAMPLES_N = 512        # samples scored by SWD and the shape classifier
 
 def demo_config(quick: bool = False, kimg: Optional[float] = None, seed: int = 0,
                 backend: str = "auto", precision: str = DEMO_PRECISION) -> TrainConfig:
-    """The demo's resolved TrainConfig (shapes data, the shrunk cifar10 model, `kimg` of work)."""
+    """The demo's resolved TrainConfig (`DEMO_DATA`, the shrunk class-conditional cifar10 model,
+    `kimg` of work)."""
     if kimg is not None and kimg <= 0:
         raise ValueError(f"demo: kimg must be > 0; got {kimg}")
     if quick:
-        return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=16,
+        return resolve_config(preset="cifar10", data=DEMO_DATA, resolution=16, batch=16, cond="class",
+                              num_classes=len(SHAPE_CLASSES),
                               kimg=kimg or QUICK_KIMG, tick_kimg=0.1, snapshot_ticks=1, metric_n=64,
                               shapes_n=512, model=QUICK_MODEL, seed=seed, backend=backend,
                               n_critic=2, ema_kimg=1.0, precision=precision)
     kimg = kimg or DEMO_KIMG
-    return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=32,
+    return resolve_config(preset="cifar10", data=DEMO_DATA, resolution=16, batch=32, cond="class",
+                          num_classes=len(SHAPE_CLASSES),
                           kimg=kimg, tick_kimg=kimg / 10, snapshot_ticks=2, metric_n=SAMPLES_N,
                           shapes_n=8192, model=DEMO_MODEL, seed=seed, backend=backend,
                           loss="ns", r1_gamma=DEMO_R1_GAMMA, diffaug="", n_critic=1, g_batch=32,
@@ -127,11 +146,11 @@ def run_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: bool = F
     result = run_training(cfg, outdir, resume=None, dry_run=False, progress=progress)
     t0 = time.time()
     clf, clf_info = cached_shape_classifier(cfg.resolution, quick=quick, cache_dir=cache_dir)
-    fakes = _ema_samples(result.run_dir, cfg, SAMPLES_N if not quick else 64)
+    fakes, asked = _ema_samples(result.run_dir, cfg, SAMPLES_N if not quick else 64)
     reals = open_source(cfg.data, cfg.resolution, seed=_seed_of(cfg.seed, 99) % 2 ** 31,
                         shapes_n=fakes.shape[0])
     reals = reals.get_many(list(range(len(reals)))).float() / 127.5 - 1
-    acc, acc_real = shape_accuracy(fakes, clf), shape_accuracy(reals, clf)
+    acc, acc_real = shape_accuracy(fakes, clf, labels=asked), shape_accuracy(reals, clf)
     picture = save_side_by_side(fakes, reals, os.path.join(result.run_dir, "samples.png"))
     curves = plot_curves(result, os.path.join(result.run_dir, "curves.png"))
     swds = [m["swd/avg"] for m in result.metrics if "swd/avg" in m]
@@ -140,7 +159,8 @@ def run_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: bool = F
         "seconds": round(result.seconds, 1), "measure_seconds": round(time.time() - t0, 1),
         "swd_initial": swds[0] if swds else None, "swd_final": swds[-1] if swds else None,
         "swd_ratio": swds[-1] / swds[0] if swds else None,
-        "shape_accuracy": acc["shape_accuracy"], "shape_unclear": acc["unclear"],
+        "shape_accuracy": acc["shape_accuracy"], "class_accuracy": acc.get("class_accuracy"),
+        "shape_unclear": acc["unclear"],
         "shape_mix": [acc[f"frac/{k}"] for k in range(3)],
         "shape_accuracy_reals": acc_real["shape_accuracy"], "classifier": clf_info,
         "samples": picture, "curves": curves, "precision": result.precision, "backend": backend,
@@ -148,13 +168,20 @@ def run_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: bool = F
     }
 
 
-def _ema_samples(run_dir: str, cfg: TrainConfig, n: int) -> torch.Tensor:
-    """`n` EMA samples of the run's last checkpoint (fixed latents), float32 in [-1, 1]."""
-    from .sample import load_generator
+def _ema_samples(run_dir: str, cfg: TrainConfig, n: int):
+    """`(images, classes)`: `n` EMA samples of the run's last checkpoint (fixed latents), float32
+    in [-1, 1], and the class each was generated for (cycling through the classes; None for an
+    unconditional generator)."""
+    from .sample import load_generator, num_classes_of
     G, _, _ = load_generator(run_dir)
     z = torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
+    k = num_classes_of(G)
+    y = torch.arange(n) % k if k else None
     with torch.no_grad():
-        return torch.cat([G(zz).float().clamp(-1, 1) for zz in z.split(128)])
+        if y is None:
+            return torch.cat([G(zz).float().clamp(-1, 1) for zz in z.split(128)]), None
+        return torch.cat([G(zz, yy).float().clamp(-1, 1)
+                          for zz, yy in zip(z.split(128), y.split(128))]), y
 
 
 def format_summary(s: Dict[str, object]) -> str:
@@ -173,6 +200,8 @@ def format_summary(s: Dict[str, object]) -> str:
              *swd,
              f"  shape_accuracy   {s['shape_accuracy']:.2f}  (samples that are a clear shape; "
              f"real images: {s['shape_accuracy_reals']:.2f})",
+             *([f"  class_accuracy   {s['class_accuracy']:.2f}  (samples that are a clear shape of "
+                f"the kind asked for)"] if s.get("class_accuracy") is not None else []),
              f"  shapes           circle / square / triangle {mix}",
              f"  samples | reals  {s['samples']}",
              f"  curves           {s['curves']}",

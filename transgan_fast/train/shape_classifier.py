@@ -247,24 +247,32 @@ def _sharp_blobs(x: torch.Tensor, ellipse: torch.Tensor, gen: torch.Generator) -
 
 @torch.no_grad()
 def shape_accuracy(images: torch.Tensor, clf: nn.Module, threshold: float = 0.9,
-                   batch: int = 256) -> Dict[str, float]:
+                   batch: int = 256, labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """The fraction of `images (N, 3, R, R)` in [-1, 1] that `clf` (trained with `unclear=True`)
     calls a shape, any shape, with probability at least `threshold`.
 
     Returns `{"shape_accuracy": that fraction, "unclear": fraction whose top class is UNCLEAR,
     "frac/<k>": fraction of confident shapes of each class k}` (the last shows mode collapse).
+    With `labels (N,)` (the class each image was generated for), also `"class_accuracy"`: the
+    fraction that is a confident shape of exactly that class.
     """
     if not 0 < threshold < 1:
         raise ValueError(f"shape_accuracy: threshold must be in (0, 1); got {threshold}")
+    if labels is not None and tuple(labels.shape) != (images.shape[0],):
+        raise ValueError(f"shape_accuracy: labels must be ({images.shape[0]},), one per image; "
+                         f"got {tuple(labels.shape)}")
     clf.eval()
-    probs = torch.cat([F.softmax(clf(xx.float()), 1) for xx in images.split(batch)])  # (N, K+1)
-    k = probs.shape[1] - 1
+    with torch.no_grad():
+        probs = torch.cat([F.softmax(clf(xx.float()), 1) for xx in images.split(batch)])
+    k = probs.shape[1] - 1                                                   # probs (N, K+1)
     p, top = probs.max(1)
     sure = (top < k) & (p >= threshold)
     out = {"shape_accuracy": float(sure.float().mean()),
            "unclear": float((top == k).float().mean())}
     for c in range(k):
         out[f"frac/{c}"] = float((sure & (top == c)).float().mean())
+    if labels is not None:
+        out["class_accuracy"] = float((sure & (top == labels.to(top.device))).float().mean())
     return out
 
 
