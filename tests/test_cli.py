@@ -86,13 +86,18 @@ def test_demo_quick_then_generate(tmp_path, monkeypatch):
     assert any(n.startswith("events.out.tfevents") for n in names)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] > 0 and summary["swd_initial"] > 0
+    assert summary["kind_accuracy"] <= summary["shape_accuracy"]  # the demo is class-conditional
     out = tmp_path / "grid.png"
     r = invoke("generate", "--checkpoint", str(run_dir), "--seeds", "0-5", "--out", str(out))
     assert r.exit_code == 0, r.output
-    assert Image.open(out).size == (3 * 16, 2 * 16)
-    r = invoke("generate", "--checkpoint", str(run_dir), "--seeds", "4,7", "--files",
+    assert Image.open(out).size == (6 * 16, 3 * 16)  # one row per class
+    r = invoke("generate", "--checkpoint", str(run_dir), "--seeds", "0-5", "--class", "2",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (6 * 16, 16)  # the one class asked for: one row
+    r = invoke("generate", "--checkpoint", str(run_dir), "--seeds", "4,7", "--class", "1", "--files",
                "--out", str(tmp_path / "files"))
-    assert sorted(os.listdir(tmp_path / "files")) == ["seed00004.png", "seed00007.png"]
+    assert sorted(os.listdir(tmp_path / "files")) == ["seed00004-class1.png", "seed00007-class1.png"]
 
 
 def test_generate_and_bench_errors(tmp_path):

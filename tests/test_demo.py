@@ -145,12 +145,12 @@ def test_shape_accuracy_counts_only_confident_shapes():
     m = shape_accuracy(imgs, Fixed())
     assert m["shape_accuracy"] == 0.5 and m["unclear"] == 0.25
     assert m["frac/0"] == 0.25 and m["frac/2"] == 0.25 and m["frac/1"] == 0
-    assert "class_accuracy" not in m
+    assert "kind_accuracy" not in m
     # asked for circle, circle, square, triangle: only image 0 is a confident shape of its kind
     # (image 1 is an unsure circle, image 2 unclear, image 3 a confident triangle)
     m = shape_accuracy(imgs, Fixed(), labels=torch.tensor([0, 0, 1, 1]))
-    assert m["class_accuracy"] == 0.25
-    assert shape_accuracy(imgs, Fixed(), labels=torch.tensor([0, 0, 1, 2]))["class_accuracy"] == 0.5
+    assert m["kind_accuracy"] == 0.25
+    assert shape_accuracy(imgs, Fixed(), labels=torch.tensor([0, 0, 1, 2]))["kind_accuracy"] == 0.5
     with pytest.raises(ValueError, match="threshold must be in"):
         shape_accuracy(imgs, Fixed(), threshold=1.5)
     with pytest.raises(ValueError, match=r"labels must be \(4,\)"):
@@ -196,11 +196,11 @@ def test_demo_quick_summary_and_pictures(tmp_path, monkeypatch):
     s = json.loads((out / run / "summary.json").read_text())
     batch = demo_config(quick=True).batch
     assert s["steps"] == math.ceil(100 / batch) and s["kimg"] == round(s["steps"] * batch / 1000, 2)
-    for key in ("swd_initial", "swd_final", "shape_accuracy", "class_accuracy",
+    for key in ("swd_initial", "swd_final", "shape_accuracy", "kind_accuracy",
                 "shape_accuracy_reals"):
         assert isinstance(s[key], float), key
-    assert s["class_accuracy"] <= s["shape_accuracy"]
-    for key in ("swd_initial", "swd_final", "shape_accuracy", "class_accuracy"):
+    assert s["kind_accuracy"] <= s["shape_accuracy"]
+    for key in ("swd_initial", "swd_final", "shape_accuracy", "kind_accuracy"):
         assert f"  {key} " in r.output, key  # the printed screen uses the summary's names
     assert 0 <= s["shape_accuracy"] <= 1 and s["swd_initial"] > 0
     assert s["precision"].startswith("torch.float32: float32 as asked")

@@ -224,12 +224,13 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="fp32",
               help="Autocast dtype (auto: bfloat16 where the CPU has AMX-BF16/AVX512-BF16 or the "
-              "GPU supports it). bfloat16 has not been measured faster for the demo's small model, "
-              "so the default is float32.")
+              "GPU supports it). bfloat16 was not faster for the demo's small model, even with "
+              "AMX-BF16, so the default is float32.")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def demo(outdir, kimg, quick, seed, backend, precision, progress):
-    """Train a small TransGAN on built-in shapes for a fixed amount of work; write samples beside
-    real images, curves, and a summary with SWD and the fraction of clear shapes."""
+    """Train a small class-conditional TransGAN (class = circle, square or triangle) on built-in
+    shapes for a fixed amount of work; write samples beside real images, curves, and a summary
+    with SWD, the fraction of clear shapes and the fraction of the kind asked for."""
     _require_train_extra()
     from ..train.demo import format_summary, run_demo
     summary = run_demo(outdir, kimg, quick, seed, backend, progress, precision)

@@ -10,7 +10,7 @@ trained on `shapes-centred` (every shape in the middle of a flat background of v
 After training the demo measures what a person sees: a small CNN trained on labelled shapes (with
 a "no clear shape" class of blurred, blob-like and noise images, see `shape_classifier`) reports
 the fraction of samples recognised as a shape with high confidence (`shape_accuracy`) and the
-fraction recognised as the kind they were generated for (`class_accuracy`), next to SWD. It writes
+fraction recognised as the kind they were generated for (`kind_accuracy`), next to SWD. It writes
 `samples.png` (samples beside real images), `curves.png` (losses and SWD against kimg) and
 `summary.json`, and prints a one-screen summary. `--quick` shrinks everything (model, data,
 classifier) to seconds, for tests and smoke checks.
@@ -159,7 +159,7 @@ def run_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: bool = F
         "seconds": round(result.seconds, 1), "measure_seconds": round(time.time() - t0, 1),
         "swd_initial": swds[0] if swds else None, "swd_final": swds[-1] if swds else None,
         "swd_ratio": swds[-1] / swds[0] if swds else None,
-        "shape_accuracy": acc["shape_accuracy"], "class_accuracy": acc.get("class_accuracy"),
+        "shape_accuracy": acc["shape_accuracy"], "kind_accuracy": acc.get("kind_accuracy"),
         "shape_unclear": acc["unclear"],
         "shape_mix": [acc[f"frac/{k}"] for k in range(3)],
         "shape_accuracy_reals": acc_real["shape_accuracy"], "classifier": clf_info,
@@ -200,8 +200,8 @@ def format_summary(s: Dict[str, object]) -> str:
              *swd,
              f"  shape_accuracy   {s['shape_accuracy']:.2f}  (samples that are a clear shape; "
              f"real images: {s['shape_accuracy_reals']:.2f})",
-             *([f"  class_accuracy   {s['class_accuracy']:.2f}  (samples that are a clear shape of "
-                f"the kind asked for)"] if s.get("class_accuracy") is not None else []),
+             *([f"  kind_accuracy    {s['kind_accuracy']:.2f}  (samples that are a clear shape of "
+                f"the kind asked for)"] if s.get("kind_accuracy") is not None else []),
              f"  shapes           circle / square / triangle {mix}",
              f"  samples | reals  {s['samples']}",
              f"  curves           {s['curves']}",

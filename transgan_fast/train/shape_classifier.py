@@ -253,8 +253,9 @@ def shape_accuracy(images: torch.Tensor, clf: nn.Module, threshold: float = 0.9,
 
     Returns `{"shape_accuracy": that fraction, "unclear": fraction whose top class is UNCLEAR,
     "frac/<k>": fraction of confident shapes of each class k}` (the last shows mode collapse).
-    With `labels (N,)` (the class each image was generated for), also `"class_accuracy"`: the
-    fraction that is a confident shape of exactly that class.
+    With `labels (N,)` (the class each image was generated for), also `"kind_accuracy"`: the
+    fraction that is a confident shape of exactly that class (`class_accuracy` is the looser
+    measure: the top class, confident or not).
     """
     if not 0 < threshold < 1:
         raise ValueError(f"shape_accuracy: threshold must be in (0, 1); got {threshold}")
@@ -272,7 +273,7 @@ def shape_accuracy(images: torch.Tensor, clf: nn.Module, threshold: float = 0.9,
     for c in range(k):
         out[f"frac/{c}"] = float((sure & (top == c)).float().mean())
     if labels is not None:
-        out["class_accuracy"] = float((sure & (top == labels.to(top.device))).float().mean())
+        out["kind_accuracy"] = float((sure & (top == labels.to(top.device))).float().mean())
     return out
 
 
