@@ -321,3 +321,31 @@ def test_lazy_r1_runs_every_kth_step_with_k_times_the_weight():
     assert abs(stats[0]["D/loss"] - plain["D/loss"] - 1.5 * stats[0]["D/r1"]) < 1e-5
     with pytest.raises(ValueError, match="r1_every must be >= 1; got 0"):
         resolve_config(r1_every=0)
+
+
+def test_lr_decay_is_linear_to_zero_over_the_run_and_survives_resume():
+    """The official --lr_decay: lr x (1 - images seen / run length) at every step, both networks."""
+    t = _trainer(lr_g=4e-4, lr_d=2e-4, lr_decay=True, kimg=0.016, n_critic=1)  # 4 steps of 4
+    seen = []
+    for _ in range(3):
+        t.step()
+        seen.append((t.opt_g.param_groups[0]["lr"], t.opt_d.param_groups[0]["lr"]))
+    assert seen == [(pytest.approx(4e-4 * f), pytest.approx(2e-4 * f)) for f in (1, 0.75, 0.5)]
+    state = t.state_dict()
+    resumed = _trainer(lr_g=4e-4, lr_d=2e-4, lr_decay=True, kimg=0.016, n_critic=1)
+    resumed.load_state_dict(state)
+    resumed.step()
+    assert resumed.opt_g.param_groups[0]["lr"] == pytest.approx(4e-4 * 0.25)
+    flat = _trainer(lr_g=4e-4, kimg=0.016)
+    for _ in range(3):
+        flat.step()
+    assert flat.opt_g.param_groups[0]["lr"] == 4e-4
+    late = _trainer(lr_g=4e-4, lr_decay=True, lr_decay_start=0.5, kimg=0.016, n_critic=1)
+    rates = []
+    for _ in range(4):
+        late.step()
+        rates.append(late.opt_g.param_groups[0]["lr"])
+    assert rates == [4e-4, 4e-4, 4e-4, pytest.approx(2e-4)]  # flat to half-way, then to 0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"lr_decay_start must be in \[0, 1\)"):
+            resolve_config(lr_decay_start=bad)

@@ -58,6 +58,8 @@ class TrainConfig:
     r1_every: int = 1                     # lazy R1: every this many D steps, gamma x r1_every
     lr_g: float = 1e-4
     lr_d: float = 1e-4
+    lr_decay: bool = False                # both rates fall linearly to 0 over the run (official --lr_decay)
+    lr_decay_start: float = 0.0           # ... from this fraction of the run on (official: 0)
     beta1: float = 0.0
     beta2: float = 0.99
     grad_clip: float = 5.0                # gradient-norm clip (0: off)
@@ -129,6 +131,8 @@ def resolve_config(cfg: Optional[TrainConfig] = None, **overrides) -> TrainConfi
                          f"g_batch={c.g_batch} by accum_g={c.accum_g}")
     if c.r1_gamma < 0:
         raise ValueError(f"r1_gamma must be >= 0; got {c.r1_gamma}")
+    if not 0 <= c.lr_decay_start < 1:
+        raise ValueError(f"lr_decay_start must be in [0, 1); got {c.lr_decay_start}")
     if c.kimg <= 0 or c.tick_kimg <= 0:
         raise ValueError(f"kimg and tick_kimg must be > 0; got {c.kimg}, {c.tick_kimg}")
     if c.cond not in COND_KINDS:

@@ -161,6 +161,16 @@ class Trainer:
             elif self.cfg.locality:
                 raise ValueError("locality=True needs a generator with set_progress(progress)")
 
+    def _decay_lr(self):
+        """The official `--lr_decay`: each rate falls linearly from its value at `lr_decay_start`
+        of the run (the official code: 0) to 0 at the run's last image (a function of the images
+        seen, so a resumed run agrees)."""
+        done, start = self.images_seen / (self.cfg.kimg * 1000), self.cfg.lr_decay_start
+        left = min(1.0, max(0.0, (1.0 - done) / (1.0 - start)))
+        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * left
+
     def _optimizer_step(self, net, opt, scaler):
         all_reduce_grads(net.parameters(), self.env)
         scaler.unscale_(opt)
@@ -179,6 +189,8 @@ class Trainer:
         self.gen_aug.manual_seed(_seed_of(cfg.seed, 1 + env.rank, self.step_idx))
         self.gen_noise.manual_seed(_seed_of(cfg.seed, _NOISE_STREAM + env.rank, self.step_idx))
         self._set_progress()
+        if cfg.lr_decay:
+            self._decay_lr()
         with noise_source(self.gen_noise):
             stats = self._step()
         if env.active:  # log the whole global batch's losses, not this rank's slice
