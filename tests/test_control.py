@@ -265,3 +265,63 @@ def test_control_demo_uses_the_demo_recipe():
     assert ctl.cond == base.cond == "none" and demo.cond == "class"
     # the step size is the one its numbers were measured at, the same for both of its runs
     assert ctl.lr_g == ctl.lr_d == base.lr_g == base.lr_d == CONTROL_LR
+
+
+class _CondG(torch.nn.Module):
+    """A class-conditional stand-in generator (8x8) that records the labels of every call."""
+
+    def __init__(self, latent_dim: int = 16, k: int = 3):
+        super().__init__()
+        from types import SimpleNamespace
+        self.latent_dim, self.k, self.cfg = latent_dim, k, SimpleNamespace(num_classes=k)
+        self.lin = torch.nn.Linear(latent_dim + k, 3 * 8 * 8)
+        self.calls = []
+
+    def forward(self, z, y=None):
+        assert y is not None and y.shape == (z.shape[0],), "a conditional G needs a label per latent"
+        self.calls.append(y.clone())
+        h = torch.cat([z, torch.nn.functional.one_hot(y, self.k).float()], 1)
+        return self.lin(h).tanh().view(-1, 3, 8, 8)
+
+
+def test_class_conditional_generator_is_measured_with_fixed_labels(tmp_path):
+    """fit_control, measure_control, measure_disentanglement and control_grid give a conditional
+    G a label per latent, and compare images of the same labels (only the sub-space moves)."""
+    from transgan_fast.train.control_demo import control_grid
+    torch.manual_seed(0)
+    G, lay = _CondG(), ControlLayout(["background"], 4, 16)
+    nets = {"background": AttributeNet().eval()}
+    encs = fit_control(G, nets, lay, n=300, steps=2)
+    seen = torch.cat(G.calls)
+    assert seen.shape == (300,) and set(seen.tolist()) == {0, 1, 2}
+    G.calls.clear()
+    measure_control(G, lay, encs, nets, n=40, batch=16)
+    per_pass = [torch.cat(G.calls[i:i + 3]) for i in (0, 3)]  # --set pass, then the unset pass
+    assert len(G.calls) == 6 and torch.equal(*per_pass) and len(set(per_pass[0].tolist())) > 1
+    G.calls.clear()
+    measure_disentanglement(G, lay, nets, n=40, batch=64)
+    assert len(G.calls) == 2 and torch.equal(G.calls[0], G.calls[1])
+    G.calls.clear()
+    control_grid(G, lay, encs, nets, str(tmp_path / "g.png"), cols=4)
+    assert G.calls[0].tolist() == [0, 0, 0, 0] and os.path.isfile(tmp_path / "g.png")
+
+
+def test_cli_class_conditional_and_controlled(tmp_path):
+    """--cond class with --control: train, fit-control, generate --class K --set ..."""
+    r = CliRunner()
+    res = r.invoke(main, ["train", "--preset", "cifar10", "--data", "shapes-centred",
+                          "--resolution", "16", "--batch", "4", "--kimg", "0.008", "--n-critic",
+                          "1", "--metrics", "", "--diffaug", "", "--cond", "class",
+                          "--model-json", '{"latent_dim": 16, "bottom": 4, "g_channels": [16, 16, '
+                          '16], "g_depths": [1, 1, 1], "g_upsample": ["bicubic", "bicubic"], '
+                          '"class_dim": 4, "d_scales": [[8, 2, 2, 0], [8, 4, 4, 0]], '
+                          '"d_stages": [["global"], ["global"]]}', "--control", "colour",
+                          "--control-dim", "4", "--control-net-steps", "5", "--outdir",
+                          str(tmp_path), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    run = os.path.join(tmp_path, sorted(os.listdir(tmp_path))[0])
+    res = r.invoke(main, ["fit-control", "--checkpoint", run, "--n", "16", "--steps", "5"])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(main, ["generate", "--checkpoint", run, "--set", "colour=yellow", "--class", "2",
+                          "--seeds", "0-1", "--out", str(tmp_path / "a.png")])
+    assert res.exit_code == 0 and os.path.isfile(tmp_path / "a.png"), res.output

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig, resolve_config
-from .control_fit import set_latents
+from .control_fit import generate, random_labels, set_latents
 from .demo import DEMO_PRECISION, DEMO_R1_GAMMA, QUICK_MODEL
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
@@ -64,12 +64,14 @@ def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Opti
                           ema_kimg=2.0, precision=DEMO_PRECISION, **control)
 
 
-def evaluation_nets(resolution: int = 16, seed: int = 0, steps: int = 600, n: int = 8192):
+def evaluation_nets(resolution: int = 16, seed: int = 0, steps: int = 600, n: int = 8192,
+                    layout: str = "varied"):
     """Attribute networks for measuring, one per shapes attribute, trained on shapes of another
-    seed than training's: `({name: net}, {name: held-out accuracy or mean abs. error})`."""
+    seed than training's (the training data's `layout`, see `data.SHAPE_LAYOUTS`):
+    `({name: net}, {name: held-out accuracy or mean abs. error})`."""
     from .control import train_attribute_net
     from .data import SHAPE_ATTRIBUTES, ShapesSource
-    src = ShapesSource(n, resolution, seed=1000 + seed)
+    src = ShapesSource(n, resolution, seed=1000 + seed, layout=layout)
     nets, scores = {}, {}
     for i, name in enumerate(SHAPE_ATTRIBUTES):
         nets[name], scores[name] = train_attribute_net(src, name, steps=steps, seed=seed + 31 * i)
@@ -94,7 +96,6 @@ def measure_control(G, layout, encoders, nets, n: int = 512, seed: int = 0, batc
     samples against the same requests}`; accuracy for classes, mean absolute error for values."""
     out = {}
     gen = torch.Generator().manual_seed(seed)
-    dev = next(G.parameters()).device
     for name in layout.names:
         net = nets[name]
         z = torch.randn(n, layout.latent_dim, generator=gen)
@@ -104,11 +105,10 @@ def measure_control(G, layout, encoders, nets, n: int = 512, seed: int = 0, batc
         else:
             want = torch.rand(n, generator=gen)
             inp = want[:, None]
+        y = random_labels(G, n, gen)  # class-conditional G: the same classes for both
         zs = set_latents(z, layout, encoders, {name: inp})
-        got = torch.cat([_predict(net, G(a.to(dev)).float().clamp(-1, 1)).cpu()
-                         for a in zs.split(batch)])
-        free = torch.cat([_predict(net, G(a.to(dev)).float().clamp(-1, 1)).cpu()
-                          for a in z.split(batch)])
+        got = _predict(net, generate(G, zs, y, batch))
+        free = _predict(net, generate(G, z, y, batch))
         out[name] = {"set": _error(net, got, want), "random": _error(net, free, want),
                      "metric": "accuracy" if getattr(net, "classes", None) else "mean_abs_error"}
     return out
@@ -119,12 +119,12 @@ def measure_disentanglement(G, layout, nets, n: int = 512, seed: int = 0, batch:
     """(b) `{changed sub-space: {attribute: change}}`: resampling one controlled sub-space, how
     often each attribute's predicted class flips / how far its predicted value moves."""
     gen = torch.Generator().manual_seed(seed + 1)
-    dev = next(G.parameters()).device
     z = torch.randn(n, layout.latent_dim, generator=gen)
+    y = random_labels(G, n, gen)  # class-conditional G: fixed classes, only the sub-space moves
 
     def preds(zz):
-        imgs = [G(a.to(dev)).float().clamp(-1, 1) for a in zz.split(batch)]
-        return {k: torch.cat([_predict(net, im).cpu() for im in imgs]) for k, net in nets.items()}
+        imgs = generate(G, zz, y, batch)
+        return {k: _predict(net, imgs) for k, net in nets.items()}
 
     base = preds(z)
     out = {}
@@ -141,9 +141,10 @@ def measure_disentanglement(G, layout, nets, n: int = 512, seed: int = 0, batch:
 @torch.no_grad()
 def control_grid(G, layout, encoders, nets_train, path: str, cols: int = 8, seed: int = 0):
     """A PNG grid: one row per controlled attribute swept over `cols` values (classes cycle),
-    every other sub-space and the free one fixed (one latent for the whole grid)."""
+    every other sub-space and the free one fixed (one latent for the whole grid; a
+    class-conditional G draws row i's images as class i mod its classes)."""
     from .logging import save_grid
-    dev = next(G.parameters()).device
+    from .sample import num_classes_of
     z0 = torch.randn(1, layout.latent_dim, generator=torch.Generator().manual_seed(seed))
     rows = []
     for name in layout.names:
@@ -153,7 +154,9 @@ def control_grid(G, layout, encoders, nets_train, path: str, cols: int = 8, seed
         else:
             inp = torch.linspace(0, 1, cols)[:, None]
         rows.append(set_latents(z0.expand(cols, -1), layout, encoders, {name: inp}))
-    imgs = G(torch.cat(rows).to(dev)).float().clamp(-1, 1).cpu()
+    k = num_classes_of(G)
+    y = torch.arange(len(rows)).repeat_interleave(cols) % k if k else None
+    imgs = generate(G, torch.cat(rows), y)
     if imgs.shape[-1] < 64:  # small images: enlarged (nearest) so that the grid can be seen
         imgs = F.interpolate(imgs, scale_factor=64 // imgs.shape[-1], mode="nearest")
     save_grid(imgs, path, nrow=cols)
@@ -173,7 +176,9 @@ def evaluate_runs(controlled: str, baseline: Optional[str] = None, out_dir: Opti
     state = ck.load_checkpoint(path)
     layout, nets = load_control(state, G.latent_dim)
     out_dir = out_dir or os.path.dirname(os.path.abspath(path))
-    eval_nets, eval_scores = evaluation_nets(G.cfg.img_size, seed, eval_steps)
+    from .data import SHAPES_SPECS
+    layout_name = SHAPES_SPECS.get(state["config"].get("data"), "varied")
+    eval_nets, eval_scores = evaluation_nets(G.cfg.img_size, seed, eval_steps, layout=layout_name)
     encs = fit_control(G, nets, layout, n=fit_n, seed=seed)
     save_encoders(os.path.join(out_dir, "control.pt"), layout, encs, os.path.abspath(path))
     res = {"checkpoint": path, "step": int(state["step"]), "kimg": state["images_seen"] / 1000,

@@ -1,7 +1,7 @@
 """Control encoders (GAN-Control §3.3): explicit attribute values -> sub-space latents.
 
-After a controlled run, `fit_control` samples latents, generates images with the (EMA)
-generator, reads each attribute from them with the run's attribute networks, and trains one
+After a controlled run, `fit_control` samples latents (and uniform classes, for a generator that
+is class-conditional as well), generates images with the (EMA) generator, reads each attribute from them with the run's attribute networks, and trains one
 small MLP per attribute from that attribute's value to the sub-space latent that produced it
 (mean squared error: the encoder learns the mean sub-space latent of each value). `generate
 --set colour=yellow,size=0.7` then fills those sub-spaces from the encoders and draws the others
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .control import ControlLayout
 
-__all__ = ["ControlEncoder", "attribute_inputs", "fit_control", "parse_set", "set_latents",
+__all__ = ["ControlEncoder", "attribute_inputs", "fit_control", "random_labels", "generate", "parse_set", "set_latents",
            "save_encoders", "load_encoders", "load_control"]
 
 
@@ -60,13 +60,32 @@ def load_control(state: Dict, latent_dim: int, device=None):
     return ctl.layout, ctl.nets
 
 
+def random_labels(G: nn.Module, n: int, gen: torch.Generator) -> Optional[torch.Tensor]:
+    """Uniform classes `(n,)` for a class-conditional generator (drawn from `gen`); None for an
+    unconditional one (nothing is drawn)."""
+    from .sample import num_classes_of
+    k = num_classes_of(G)
+    return torch.randint(k, (n,), generator=gen) if k else None
+
+
+def generate(G: nn.Module, z: torch.Tensor, y: Optional[torch.Tensor], batch: int = 128
+             ) -> torch.Tensor:
+    """`G(z)` (or `G(z, y)` with class labels) in batches, float32 clamped to [-1, 1], on the CPU."""
+    dev = next(G.parameters()).device
+    ys = y.split(batch) if y is not None else [None] * len(z.split(batch))
+    return torch.cat([(G(zz.to(dev)) if yy is None else G(zz.to(dev), yy.to(dev)))
+                      .float().clamp(-1, 1).cpu() for zz, yy in zip(z.split(batch), ys)])
+
+
 @torch.no_grad()
 def _sample_attributes(G, nets, layout: ControlLayout, n: int, seed: int, batch: int, device):
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, layout.latent_dim, generator=gen)
+    y = random_labels(G, n, gen)  # a class-conditional G: every class, the attributes read alike
     ins: Dict[str, List[torch.Tensor]] = {k: [] for k in layout.names}
-    for zz in z.split(batch):
-        img = G(zz.to(device)).float().clamp(-1, 1)
+    for i, zz in enumerate(z.split(batch)):
+        yy = y[i * batch:(i + 1) * batch] if y is not None else None
+        img = generate(G, zz, yy).to(device)
         for k in layout.names:
             ins[k].append(attribute_inputs(nets[k], nets[k](img)).cpu())
     return z, {k: torch.cat(v) for k, v in ins.items()}
