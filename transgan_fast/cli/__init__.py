@@ -148,6 +148,10 @@ def main(debug):
               "many D steps, weighted by that factor (StyleGAN2's lazy regularisation).")
 @click.option("--lr-g", type=float, default=1e-4, help="Generator Adam learning rate.")
 @click.option("--lr-d", type=float, default=1e-4, help="Discriminator Adam learning rate.")
+@click.option("--lr-decay/--no-lr-decay", default=False, help="Both learning rates fall linearly "
+              "to 0 over the run (the official --lr_decay) [default: off].")
+@click.option("--lr-decay-start", type=float, default=0.0, help="With --lr-decay: the fraction of "
+              "the run after which the decay starts (the official code: 0).")
 @click.option("--grad-clip", type=float, default=5.0, help="Gradient-norm clip (0: off).")
 @click.option("--diffaug", default=None, help="DiffAugment policy, e.g. 'translation,cutout,color'; "
               "'' for none [default: preset's].")
