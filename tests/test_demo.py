@@ -162,6 +162,8 @@ def test_demo_config_is_fixed_work():
     cfg = demo_config()
     assert cfg.kimg == DEMO_KIMG and demo_config(kimg=3.0).kimg == 3.0
     assert cfg.precision == "fp32"  # bfloat16 not measured faster for this model
+    # the rates fall linearly to 0 over the second half of the run (a calm end, not a lottery)
+    assert cfg.lr_decay and cfg.lr_decay_start == 0.5 and demo_config(kimg=3.0).lr_decay
     help_text = CliRunner().invoke(main, ["demo", "--help"]).output
     assert f"[default: {DEMO_KIMG:g};" in help_text
     assert demo_config(quick=True).kimg == QUICK_KIMG
