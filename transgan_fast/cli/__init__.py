@@ -222,7 +222,7 @@ def train(outdir, resume, dry_run, model_json, mirror, max_minutes, progress, **
 @click.option("--outdir", default="runs", help="Parent directory of the demo's run directory.")
 @click.option("--kimg", type=float, default=None,
               help="Run length in thousands of images shown to D (fixed work, so the result does "
-              "not depend on machine load) [default: 30; 0.2 with --quick].")
+              "not depend on machine load) [default: 24; 0.2 with --quick].")
 @click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke checks) [default: off].")
 @click.option("--seed", type=int, default=0, help="Random seed.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="Kernel backend.")

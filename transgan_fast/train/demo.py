@@ -64,17 +64,16 @@ DEMO_DATA = "shapes-centred"
 QUICK_MODEL = dict(latent_dim=32, bottom=4, g_channels=[32, 32, 32], g_depths=[1, 1, 1],
                    g_upsample=["bicubic", "bicubic"], class_dim=8,
                    d_scales=[[24, 2, 2, 0], [8, 4, 4, 0]], d_stages=[["global"], ["global"]])
-# The default run length (images shown to D, in thousands). The class-conditional model is still
-# improving at 24 kimg: one thread, EMA samples of seeds 0 / 1, shape_accuracy 0.89 / 0.85 at 24,
-# 0.91 / 0.89 at 28.8, 0.96 / 0.94 at 33.6 kimg (the raw generator's swing between 0.57 and 0.92),
-# and the demo command's seed 0 at 24 kimg reached 0.74. 24 kimg took 191.5 s of training on an
-# idle 2-core AVX-512 EPYC (two threads), so 30 fits the five minutes with the measuring.
-# Decaying the learning rate linearly to 0 over all of 24 kimg (`lr_decay`) slowed learning:
-# 0.76 / 0.54. At a constant rate the end is a lottery: the demo command's seed 0 (two threads)
-# had 0.74 at 24 kimg and 0.45 at 30 (SWD 50 -> 70, D's gradient norm jumping to ~1400 in the
-# last tick); decaying from half-way (`DEMO_LR_DECAY_START`) it followed the same path to 15
-# kimg and ended at 0.92 (SWD 42, 27% of initial).
-DEMO_KIMG = 30.0
+# The default run length (images shown to D, in thousands), with both rates falling linearly to 0
+# over its second half (`DEMO_LR_DECAY_START`). At a constant rate the end of a run was a lottery:
+# the demo command's seed 0 (two threads) had shape_accuracy 0.74 at 24 kimg and 0.45 at 30 (SWD
+# 50 -> 70, D's gradient norm jumping to ~1400 in the last tick). Measured at two threads (the
+# command, or its path in-process, equal to the digit), EMA samples, shape_accuracy / SWD share:
+# 30 kimg decaying from 15: seeds 0 / 1 / 2 0.92 / 0.94 / 0.72 (seed 2 0.91 at 24 kimg, then
+# its backgrounds lost their variety, SWD 45 -> 60); 24 kimg decaying from 12: 0.86 / 0.82 / 0.85,
+# 26% / 21% / 33%, 157-214 s of training. Decaying over the whole run slowed learning (24 kimg, one
+# thread, seeds 0 / 1: 0.76 / 0.54).
+DEMO_KIMG = 24.0
 DEMO_LR_DECAY_START = 0.5
 DEMO_R1_GAMMA = 1.0
 # Adam's step for both networks. Measured at 30 kimg (one thread per run, two side by side),
