@@ -58,7 +58,7 @@ class TrainConfig:
     r1_every: int = 1                     # lazy R1: every this many D steps, gamma x r1_every
     lr_g: float = 1e-4
     lr_d: float = 1e-4
-    lr_decay: bool = False                # both rates fall linearly to 0 over the run (official --lr_decay)
+    lr_decay: bool = False                # rates fall linearly to 0 (official --lr_decay)
     lr_decay_start: float = 0.0           # ... from this fraction of the run on (official: 0)
     beta1: float = 0.0
     beta2: float = 0.99

@@ -1,11 +1,12 @@
 """Control encoders (GAN-Control §3.3): explicit attribute values -> sub-space latents.
 
 After a controlled run, `fit_control` samples latents (and uniform classes, for a generator that
-is class-conditional as well), generates images with the (EMA) generator, reads each attribute from them with the run's attribute networks, and trains one
-small MLP per attribute from that attribute's value to the sub-space latent that produced it
-(mean squared error: the encoder learns the mean sub-space latent of each value). `generate
---set colour=yellow,size=0.7` then fills those sub-spaces from the encoders and draws the others
-and the free sub-space from the seed as usual.
+is class-conditional as well), generates images with the (EMA) generator, reads each attribute
+from them with the run's attribute networks, and trains one small MLP per attribute from that
+attribute's value to the sub-space latent that produced it (mean squared error: the encoder
+learns the mean sub-space latent of each value). `generate --set colour=yellow,size=0.7` then
+fills those sub-spaces from the encoders and draws the others and the free sub-space from the
+seed as usual.
 
 A value is given as an attribute network sees it: a class name or index for a class attribute
 (a network with `classes`: one-hot), a number for a one-entry embedding, `a:b:c` for a longer one.
@@ -22,8 +23,8 @@ import torch.nn.functional as F
 
 from .control import ControlLayout
 
-__all__ = ["ControlEncoder", "attribute_inputs", "fit_control", "random_labels", "generate", "parse_set", "set_latents",
-           "save_encoders", "load_encoders", "load_control"]
+__all__ = ["ControlEncoder", "attribute_inputs", "fit_control", "random_labels", "generate",
+           "parse_set", "set_latents", "save_encoders", "load_encoders", "load_control"]
 
 
 class ControlEncoder(nn.Module):
@@ -70,7 +71,8 @@ def random_labels(G: nn.Module, n: int, gen: torch.Generator) -> Optional[torch.
 
 def generate(G: nn.Module, z: torch.Tensor, y: Optional[torch.Tensor], batch: int = 128
              ) -> torch.Tensor:
-    """`G(z)` (or `G(z, y)` with class labels) in batches, float32 clamped to [-1, 1], on the CPU."""
+    """`G(z)` (or `G(z, y)` with class labels) in batches: float32, clamped to [-1, 1], on the
+    CPU."""
     dev = next(G.parameters()).device
     ys = y.split(batch) if y is not None else [None] * len(z.split(batch))
     return torch.cat([(G(zz.to(dev)) if yy is None else G(zz.to(dev), yy.to(dev)))
