@@ -225,7 +225,7 @@ def test_every_control_option_in_help():
     r = CliRunner()
     train = r.invoke(main, ["train", "--help"]).output
     for opt in ("--control ", "--control-dim", "--control-weight", "--control-pos-margin",
-                "--control-neg-margin", "--control-net-steps"):
+                "--control-neg-margin", "--control-net-steps", "--control-start"):
         assert opt in train, opt
     gen = r.invoke(main, ["generate", "--help"]).output
     assert "--set" in gen and "--encoders" in gen
@@ -325,3 +325,11 @@ def test_cli_class_conditional_and_controlled(tmp_path):
     res = r.invoke(main, ["generate", "--checkpoint", run, "--set", "colour=yellow", "--class", "2",
                           "--seeds", "0-1", "--out", str(tmp_path / "a.png")])
     assert res.exit_code == 0 and os.path.isfile(tmp_path / "a.png"), res.output
+
+
+def test_control_start_delays_the_contrastive_losses():
+    t = _trainer(kimg=0.032, control_start=0.5)  # 4 steps of 8 images; the losses from image 16
+    stats = [t.step() for _ in range(4)]
+    assert [("C/background" in s) for s in stats] == [False, False, True, True]
+    with pytest.raises(ValueError, match=r"control_start must be in \[0, 1\); got 1.0"):
+        resolve_config(control="background", control_start=1.0)

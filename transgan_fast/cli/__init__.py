@@ -188,6 +188,8 @@ def main(debug):
               "are pulled within this embedding distance.")
 @click.option("--control-neg-margin", type=float, default=0.25, help="Pairs not sharing it are "
               "pushed beyond this embedding distance.")
+@click.option("--control-start", type=float, default=0.0, help="Fraction of the run before the "
+              "contrastive losses start (the GAN alone until then).")
 @click.option("--control-net-steps", type=int, default=400, help="Adam steps that train each "
               "built-in attribute network on the data's labels when the run starts.")
 @click.option("--seed", type=int, default=0, help="Seeds everything: model init, noise, data order, "

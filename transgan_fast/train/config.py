@@ -82,6 +82,7 @@ class TrainConfig:
     control_pos_margin: float = 0.05      # shared sub-space: pulled within this distance
     control_neg_margin: float = 0.25      # different sub-space: pushed beyond this distance
     control_net_steps: int = 400          # training steps of each built-in attribute network
+    control_start: float = 0.0            # fraction of the run before the contrastive losses start
     seed: int = 0
     flip: bool = True
     shapes_n: int = 8192
@@ -147,6 +148,8 @@ def resolve_config(cfg: Optional[TrainConfig] = None, **overrides) -> TrainConfi
         if c.control_dim < 1 or c.control_net_steps < 1:
             raise ValueError(f"control_dim and control_net_steps must be >= 1; got "
                              f"{c.control_dim}, {c.control_net_steps}")
+        if not 0 <= c.control_start < 1:
+            raise ValueError(f"control_start must be in [0, 1); got {c.control_start}")
         if c.control_weight < 0 or not 0 <= c.control_pos_margin < c.control_neg_margin:
             raise ValueError(f"control: need control_weight >= 0 and 0 <= control_pos_margin < "
                              f"control_neg_margin; got {c.control_weight}, {c.control_pos_margin}, "

@@ -258,7 +258,7 @@ class Trainer:
                     d_fake = self.D(fake, augment=self.augment, **kw)
                     loss = generator_loss(cfg.loss, d_fake)
                     stats["G/loss"] = stats.get("G/loss", 0.0) + loss.item() / cfg.accum_g
-                    if same is not None:
+                    if same is not None and self.images_seen >= cfg.control_start * cfg.kimg * 1000:
                         closs, cs = self.control.loss(fake, same[i])
                         loss = loss + closs
                         for k, v in cs.items():
