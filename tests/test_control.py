@@ -2,6 +2,7 @@
 pairing, the attribute networks, the plumbing through G for every preset, checkpoint/resume with
 the attribute networks, a short run whose control beats chance, fit-control and generate --set."""
 import copy
+import json
 import os
 
 import pytest
@@ -192,16 +193,24 @@ def test_parse_set_classes():
             parse_set(bad, nets, lay)
 
 
+# A tiny 16x16 model for the CLI runs below.
+_CLI_MODEL = {"latent_dim": 16, "bottom": 4, "g_channels": [16, 16, 16], "g_depths": [1, 1, 1],
+              "g_upsample": ["bicubic", "bicubic"], "d_scales": [[8, 2, 2, 0], [8, 4, 4, 0]],
+              "d_stages": [["global"], ["global"]]}
+
+
+def _cli_train(r, tmp_path, *args, **model):
+    """`train` a few steps of the tiny model with 5-step attribute networks, plus `args`."""
+    return r.invoke(main, ["train", "--preset", "cifar10", "--resolution", "16", "--batch", "4",
+                           "--kimg", "0.008", "--n-critic", "1", "--metrics", "", "--diffaug", "",
+                           "--model-json", json.dumps({**_CLI_MODEL, **model}),
+                           "--control-dim", "4", "--control-net-steps", "5", "--outdir",
+                           str(tmp_path), "--no-progress", *args])
+
+
 def test_cli_train_fit_control_generate_set(tmp_path):
     r = CliRunner()
-    res = r.invoke(main, ["train", "--preset", "cifar10", "--resolution", "16", "--batch", "4",
-                          "--kimg", "0.008", "--n-critic", "1", "--metrics", "", "--diffaug", "",
-                          "--model-json", '{"latent_dim": 16, "bottom": 4, "g_channels": [16, 16, '
-                          '16], "g_depths": [1, 1, 1], "g_upsample": ["bicubic", "bicubic"], '
-                          '"d_scales": [[8, 2, 2, 0], [8, 4, 4, 0]], '
-                          '"d_stages": [["global"], ["global"]]}', "--control", "colour,size",
-                          "--control-dim", "4", "--control-net-steps", "5", "--outdir",
-                          str(tmp_path), "--no-progress"])
+    res = _cli_train(r, tmp_path, "--control", "colour,size")
     assert res.exit_code == 0, res.output
     run = os.path.join(tmp_path, sorted(os.listdir(tmp_path))[0])
     assert run.endswith("-ctrl")
@@ -309,15 +318,8 @@ def test_class_conditional_generator_is_measured_with_fixed_labels(tmp_path):
 def test_cli_class_conditional_and_controlled(tmp_path):
     """--cond class with --control: train, fit-control, generate --class K --set ..."""
     r = CliRunner()
-    res = r.invoke(main, ["train", "--preset", "cifar10", "--data", "shapes-centred",
-                          "--resolution", "16", "--batch", "4", "--kimg", "0.008", "--n-critic",
-                          "1", "--metrics", "", "--diffaug", "", "--cond", "class",
-                          "--model-json", '{"latent_dim": 16, "bottom": 4, "g_channels": [16, 16, '
-                          '16], "g_depths": [1, 1, 1], "g_upsample": ["bicubic", "bicubic"], '
-                          '"class_dim": 4, "d_scales": [[8, 2, 2, 0], [8, 4, 4, 0]], '
-                          '"d_stages": [["global"], ["global"]]}', "--control", "colour",
-                          "--control-dim", "4", "--control-net-steps", "5", "--outdir",
-                          str(tmp_path), "--no-progress"])
+    res = _cli_train(r, tmp_path, "--data", "shapes-centred", "--cond", "class", "--control",
+                     "colour", class_dim=4)
     assert res.exit_code == 0, res.output
     run = os.path.join(tmp_path, sorted(os.listdir(tmp_path))[0])
     res = r.invoke(main, ["fit-control", "--checkpoint", run, "--n", "16", "--steps", "5"])
