@@ -217,7 +217,7 @@ def fit_control_cmd(ckpt, out, n, steps, seed, raw, backend):
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Run length of each run in thousands of "
               "images shown to D (fixed work: the result does not depend on machine load; the "
-              "attribute networks train before it) [default: 30; 0.2 with --quick].")
+              "attribute networks train before it) [default: 24, the demo's; 0.2 with --quick].")
 @click.option("--baseline/--no-baseline", default=True, help="Also train the uncontrolled baseline "
               "(as long again) and measure it the same way.")
 @click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke "
@@ -225,8 +225,9 @@ def fit_control_cmd(ckpt, out, n, steps, seed, raw, backend):
 @click.option("--seed", type=int, default=0, help="Random seed.")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
 def control_demo(outdir, kimg, baseline, quick, seed, progress):
-    """GAN-Control on the shapes: train (colour, background, size), fit encoders, measure control
-    accuracy and disentanglement against an uncontrolled baseline, write control_grid.png."""
+    """GAN-Control on the demo's class-conditional shapes model: train it with colour and
+    background controlled, fit encoders, measure control accuracy and disentanglement against the
+    uncontrolled demo model, write control_grid.png."""
     _require_train_extra()
     from ..train.control_demo import format_report, run_control_demo
     res = run_control_demo(outdir, kimg, quick, seed, baseline, progress)

@@ -6,13 +6,13 @@ The latent `z` of `latent_dim` entries is split (`ControlLayout`) into one sub-s
 rest). Every attribute has an attribute network: an `nn.Module` mapping images `(B, 3, H, W)` in
 [-1, 1] to an embedding `(B, E)`, frozen during training. Built-in networks exist for the
 attributes of the shapes data (`data.SHAPE_ATTRIBUTES`), trained on the data's labels when the
-run starts (`AttributeNet`: class probabilities for a categorical attribute, the value in [0, 1]
+run starts (`AttributeNet`: class scores for a categorical attribute, the value in [0, 1]
 for a continuous one); any other is a Python entry point `name=module:callable` whose callable
 returns the module (with a `classes` attribute for class probabilities).
 
 Contrastive loss (GAN-Control eq. 1-2). The G batch is taken as pairs (0, 1), (2, 3), ...; for
-each pair and attribute j the second image copies the first's sub-space j with probability 1/2
-(`pair_latents`). With `d = ||E_j(x_a) - E_j(x_b)||_2` the loss of a pair is
+each pair the second latent copies each of the first's sub-spaces, the free one included, with
+probability 1/2 (`pair_latents`), so some pairs differ in one attribute's sub-space only. With `d = ||E_j(x_a) - E_j(x_b)||_2` the loss of a pair is
 `max(0, d - pos_margin)` when the sub-space is shared (pulled together) and
 `max(0, neg_margin - d)` otherwise (pushed apart), averaged over pairs and summed over
 attributes with weight `control_weight`. It is added to G's loss at every G step.
@@ -59,7 +59,13 @@ class ControlLayout:
 class AttributeNet(nn.Module):
     """A small CNN: three 3x3 conv stages (w, 2w, 4w; 2x2 max pool after the first two),
     4x4 adaptive average pool (keeps where things are), linear. `forward(x)` is the embedding:
-    class probabilities `(B, K)` when `classes` is given, else the value in [0, 1] `(B, 1)`."""
+    class scores `(B, K)` when `classes` is given, else the value in [0, 1] `(B, 1)`.
+
+    The class scores are linear, trained by least squares towards the one-hot class (an image of
+    class k lies near corner k), not probabilities: a softmax saturates, so a generator whose
+    images all have one confident class would get no gradient from the push-apart loss, and a
+    generator's colour control collapsed to one colour that way. Linear scores keep a gradient
+    everywhere and put an image between two classes between their corners."""
 
     def __init__(self, classes: Optional[Sequence[str]] = None, width: int = 16):
         super().__init__()
@@ -71,12 +77,9 @@ class AttributeNet(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
         self.head = nn.Linear(64 * w, len(self.classes) if self.classes else 1)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))                        # (B, K or 1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.logits(x)
-        return out.softmax(1) if self.classes else out.sigmoid()
+        out = self.head(self.features(x).flatten(1))                         # (B, K or 1)
+        return out if self.classes else out.sigmoid()
 
 
 def train_attribute_net(source, name: str, steps: int = 400, batch: int = 64, lr: float = 2e-3,
@@ -108,8 +111,9 @@ def train_attribute_net(source, name: str, steps: int = 400, batch: int = 64, lr
         xb = x[idx]
         flip = torch.rand(batch, generator=g) < 0.5  # every shapes attribute is flip-invariant
         xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
-        out = net.logits(xb)
-        loss = F.cross_entropy(out, y[idx]) if classes else F.mse_loss(out[:, 0].sigmoid(), y[idx])
+        out = net(xb)
+        target = F.one_hot(y[idx], len(classes)).float() if classes else y[idx].view(-1, 1)
+        loss = F.mse_loss(out, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -172,17 +176,22 @@ def contrastive_loss(emb_a: torch.Tensor, emb_b: torch.Tensor, same: torch.Tenso
 
 def pair_latents(z: torch.Tensor, layout: ControlLayout, gen: Optional[torch.Generator]):
     """`(z', same)`: in each pair (2i, 2i+1) of `z` (B even) the second latent takes the first's
-    sub-space j where `same[i, j]` (each True with probability 1/2, drawn from `gen`)."""
+    sub-space j where `same[i, j]` (each True with probability 1/2, drawn from `gen`), and the
+    first's free sub-space with probability 1/2 too (not reported in `same`: it has no loss).
+
+    Sharing the free part makes pairs that differ in attribute j's sub-space only, so pushing
+    them apart asks that sub-space alone to change the attribute; with the free part never
+    shared, a generator met the pull-together loss by giving every image one colour."""
     B = z.shape[0]
     if B % 2:
         raise ValueError(f"control: the G batch per rank must be even (pairs); got {B}")
-    same = torch.rand(B // 2, len(layout.names), generator=gen, device=z.device) < 0.5
+    shared = torch.rand(B // 2, len(layout.names) + 1, generator=gen, device=z.device) < 0.5
     z = z.clone()
-    for j, name in enumerate(layout.names):
+    for j, name in enumerate(layout.names + ["free"]):
         s = layout.slice(name)
         first = z[0::2, s]
-        z[1::2, s] = torch.where(same[:, j:j + 1], first, z[1::2, s])
-    return z, same
+        z[1::2, s] = torch.where(shared[:, j:j + 1], first, z[1::2, s])
+    return z, shared[:, :-1]
 
 
 class Control:

@@ -1,7 +1,7 @@
 """`transgan-fast control-demo`: GAN-Control on the built-in shapes, measured against a baseline.
 
-It trains a controllable TransGAN (the demo's 16x16 model, `--control colour,background,size`),
-and the same model without the contrastive losses (the uncontrolled baseline), fits control
+It trains a controllable TransGAN (the demo's class-conditional 16x16 model on `shapes-centred`,
+`--control colour,background`), and the demo's model itself (the uncontrolled baseline), fits control
 encoders to both (control_fit.py), and measures with attribute networks trained independently
 (another data seed) from the ones used in training:
 (a) control accuracy: the evaluation networks recover the requested value (accuracy for a
@@ -21,47 +21,30 @@ import torch.nn.functional as F
 
 from .config import TrainConfig, resolve_config
 from .control_fit import generate, random_labels, set_latents
-from .demo import DEMO_PRECISION, DEMO_R1_GAMMA, QUICK_MODEL
+from .demo import DEMO_KIMG, demo_config
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
            "measure_disentanglement", "control_grid", "evaluate_runs", "format_report",
-           "run_control_demo", "CONTROL_KIMG", "CONTROL_LR"]
+           "run_control_demo", "CONTROL_KIMG"]
 
-CONTROL_ATTRIBUTES = "colour,background,size"
-# The demo's earlier unconditional model and recipe (demo.py): 3 sub-spaces of 8 latent entries and 40 free ones. The
-# discriminator has no minibatch std: with it (30 kimg, Adam 2e-4, measured beside a loaded demo)
-# colour control fell below the baseline (accuracy 0.336, baseline 0.395, was 0.439 without it);
-# background 0.045 and size 0.137 mean abs. error were about as without it (0.044, 0.120).
-CONTROL_MODEL = dict(latent_dim=64, bottom=4, g_channels=[128, 32, 32], g_depths=[1, 1, 1],
-                     g_upsample=["pixelshuffle", "bicubic"], g_attn=["global", "global", "grid4"],
-                     self_modulation=True, mod_tokens=8, mod_dim=64,
-                     d_scales=[[48, 4, 2, 1], [16, 4, 4, 0]], d_stages=[["global"], ["global"]])
-
-# The default run length of each of the two runs (images shown to D / 1000): the demo's earlier
-# 30, where the README's control numbers were measured.
-CONTROL_KIMG = 30.0
-# Adam's step: the demo's earlier 2e-4, where the README's control numbers were measured (the
-# demo moved to 5e-4 later; the control demo has not been measured at that step yet).
-CONTROL_LR = 2e-4
+# The controlled attributes: the shape's kind is the class of the demo's class-conditional model;
+# on `shapes-centred` the size varies little and the position not at all.
+CONTROL_ATTRIBUTES = "colour,background"
+# The default run length of each of the two runs (images shown to D / 1000): the demo's.
+CONTROL_KIMG = DEMO_KIMG
 
 
 def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Optional[float] = None,
                         seed: int = 0) -> TrainConfig:
-    """The control demo's resolved TrainConfig (`controlled=False`: the uncontrolled baseline)."""
-    # A heavier loss weight than the default: the demo has ~1,000 G steps.
-    control = dict(control=CONTROL_ATTRIBUTES, control_dim=8, control_weight=3.0,
-                   control_net_steps=200) if controlled else {}
-    if quick:
-        return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=16,
-                              kimg=kimg or 0.2, tick_kimg=0.1, snapshot_ticks=1, metrics="",
-                              shapes_n=512, model=QUICK_MODEL, seed=seed, n_critic=1,
-                              ema_kimg=1.0, **{**control, "control_net_steps": 100})
-    kimg = kimg or CONTROL_KIMG
-    return resolve_config(preset="cifar10", data="shapes", resolution=16, batch=32, g_batch=32,
-                          kimg=kimg, tick_kimg=kimg / 10, snapshot_ticks=5, metric_n=512,
-                          shapes_n=8192, model=CONTROL_MODEL, seed=seed, n_critic=1, loss="ns",
-                          r1_gamma=DEMO_R1_GAMMA, diffaug="", lr_g=CONTROL_LR, lr_d=CONTROL_LR,
-                          ema_kimg=2.0, precision=DEMO_PRECISION, **control)
+    """The control demo's resolved TrainConfig: the demo's (`demo.demo_config`: class-conditional,
+    `shapes-centred`, rates decaying over the second half) plus `CONTROL_ATTRIBUTES` in 8 latent
+    entries each; `controlled=False`: the demo's own config, the uncontrolled baseline."""
+    base = demo_config(quick, kimg=kimg or (None if quick else CONTROL_KIMG), seed=seed)
+    if not controlled:
+        return base
+    # A heavier loss weight than the default: the demo has ~750 G steps.
+    return resolve_config(base, control=CONTROL_ATTRIBUTES, control_dim=8, control_weight=3.0,
+                          control_net_steps=100 if quick else 200)
 
 
 def evaluation_nets(resolution: int = 16, seed: int = 0, steps: int = 600, n: int = 8192,
