@@ -18,7 +18,7 @@ from transgan_fast.train import Trainer, resolve_config
 from transgan_fast.train import checkpoint as ck
 from transgan_fast.train.control import (AttributeNet, ControlLayout, contrastive_loss,
                                          pair_latents, parse_control, train_attribute_net)
-from transgan_fast.train.control_demo import measure_control, measure_disentanglement
+from transgan_fast.train.control_demo import measure_class, measure_control, measure_disentanglement
 from transgan_fast.train.control_fit import (fit_control, load_encoders, parse_set,
                                              save_encoders, set_latents)
 from transgan_fast.train.data import SHAPE_ATTRIBUTES, ShapesSource
@@ -360,3 +360,32 @@ def test_control_start_delays_the_contrastive_losses():
     assert [("C/background" in s) for s in stats] == [False, False, True, True]
     with pytest.raises(ValueError, match=r"control_start must be in \[0, 1\); got 1.0"):
         resolve_config(control="background", control_start=1.0)
+
+
+class _LabelPainter(torch.nn.Module):
+    """A stand-in class-conditional G whose image level is its label (or a fixed class)."""
+
+    def __init__(self, fixed=None):
+        super().__init__()
+        from types import SimpleNamespace
+        self.latent_dim, self.fixed, self.cfg = 4, fixed, SimpleNamespace(num_classes=3)
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, y):
+        c = y if self.fixed is None else torch.full_like(y, self.fixed)
+        return (c.float() - 1).view(-1, 1, 1, 1).expand(-1, 3, 4, 4) + self.w
+
+
+class _LevelReader(torch.nn.Module):
+    classes = ["a", "b", "c"]
+
+    def forward(self, img):
+        return F.one_hot(img.mean((1, 2, 3)).round().long() + 1, 3).float()
+
+
+def test_measure_class_counts_requested_classes():
+    nets = {"kind": _LevelReader()}
+    assert measure_class(_LabelPainter(), nets, n=60) == 1.0
+    frac = measure_class(_LabelPainter(fixed=2), nets, n=300)  # ignores the request
+    assert 0.2 < frac < 0.5
+    assert measure_class(ToyG(), nets, n=8) is None  # unconditional

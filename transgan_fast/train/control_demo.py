@@ -24,8 +24,8 @@ from .control_fit import generate, random_labels, set_latents
 from .demo import DEMO_KIMG, demo_config
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
-           "measure_disentanglement", "control_grid", "evaluate_runs", "format_report",
-           "run_control_demo", "CONTROL_KIMG"]
+           "measure_disentanglement", "measure_class", "control_grid", "evaluate_runs",
+           "format_report", "run_control_demo", "CONTROL_KIMG"]
 
 # The controlled attributes: the shape's kind is the class of the demo's class-conditional model;
 # on `shapes-centred` the size varies little and the position not at all.
@@ -122,6 +122,19 @@ def measure_disentanglement(G, layout, nets, n: int = 512, seed: int = 0, batch:
 
 
 @torch.no_grad()
+def measure_class(G, nets, n: int = 512, seed: int = 0, batch: int = 128) -> Optional[float]:
+    """A class-conditional G of the shapes (class = the shape's kind): the fraction of `n`
+    samples of uniform requested classes whose kind the evaluation network reads as requested;
+    None for an unconditional G."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    z = torch.randn(n, G.latent_dim, generator=gen)
+    y = random_labels(G, n, gen)
+    if y is None:
+        return None
+    return float((_predict(nets["kind"], generate(G, z, y, batch)) == y).float().mean())
+
+
+@torch.no_grad()
 def control_grid(G, layout, encoders, nets_train, path: str, cols: int = 8, seed: int = 0):
     """A PNG grid: one row per controlled attribute swept over `cols` values (classes cycle),
     every other sub-space and the free one fixed (one latent for the whole grid; a
@@ -167,7 +180,8 @@ def evaluate_runs(controlled: str, baseline: Optional[str] = None, out_dir: Opti
     res = {"checkpoint": path, "step": int(state["step"]), "kimg": state["images_seen"] / 1000,
            "evaluation_nets_heldout": eval_scores,
            "control": measure_control(G, layout, encs, eval_nets, n, seed),
-           "disentanglement": measure_disentanglement(G, layout, eval_nets, n, seed)}
+           "disentanglement": measure_disentanglement(G, layout, eval_nets, n, seed),
+           "class_accuracy": measure_class(G, eval_nets, n, seed)}
     res["grid"] = control_grid(G, layout, encs, nets, os.path.join(out_dir, "control_grid.png"))
     if baseline:
         Gb, bpath, _ = load_generator(baseline)
@@ -178,7 +192,8 @@ def evaluate_runs(controlled: str, baseline: Optional[str] = None, out_dir: Opti
         res["baseline"] = {"checkpoint": bpath, "step": int(bstate["step"]),
                            "kimg": bstate["images_seen"] / 1000,
                            "control": measure_control(Gb, blay, bencs, eval_nets, n, seed),
-                           "disentanglement": measure_disentanglement(Gb, blay, eval_nets, n, seed)}
+                           "disentanglement": measure_disentanglement(Gb, blay, eval_nets, n, seed),
+                           "class_accuracy": measure_class(Gb, eval_nets, n, seed)}
         res["baseline"]["grid"] = control_grid(Gb, blay, bencs, nets,
                                                os.path.join(out_dir, "control_grid_baseline.png"))
     with open(os.path.join(out_dir, "control.json"), "w") as f:
@@ -194,6 +209,10 @@ def format_report(res: Dict) -> str:
         b = base["control"][name]["set"] if base else float("nan")
         lines.append(f"  {name:<11s} {c['metric']:<15s} --set {c['set']:.3f}  random "
                      f"{c['random']:.3f}  baseline --set {b:.3f}")
+    if res.get("class_accuracy") is not None:
+        b = base.get("class_accuracy") if base else None
+        lines.append(f"  requested class (shape kind) recognised: {res['class_accuracy']:.3f}" +
+                     (f"  baseline {b:.3f}" if b is not None else ""))
     for tag, r in (("controlled", res), ("baseline", base)):
         if r is None:
             continue
