@@ -293,7 +293,7 @@ def test_control_demo_uses_the_demo_recipe():
         demo = demo_config(quick)
         assert base == demo  # the baseline is the demo itself
         assert ctl.control == "colour,background" and base.control == ""
-        assert ctl.control_weight == 3.0 and ctl.control_dim == 8
+        assert ctl.control_weight == 1.0 and ctl.control_dim == 8
         same = {k: v for k, v in ctl.to_dict().items() if not k.startswith("control")}
         assert same == {k: v for k, v in demo.to_dict().items() if not k.startswith("control")}
     assert ctl.cond == "class" and CONTROL_KIMG == DEMO_KIMG == control_demo_config().kimg
