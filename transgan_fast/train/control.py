@@ -8,11 +8,12 @@ rest). Every attribute has an attribute network: an `nn.Module` mapping images `
 attributes of the shapes data (`data.SHAPE_ATTRIBUTES`), trained on the data's labels when the
 run starts (`AttributeNet`: class scores for a categorical attribute, the value in [0, 1]
 for a continuous one); any other is a Python entry point `name=module:callable` whose callable
-returns the module (with a `classes` attribute for class probabilities).
+returns the module (with a `classes` attribute when its embedding is one score per class).
 
 Contrastive loss (GAN-Control eq. 1-2). The G batch is taken as pairs (0, 1), (2, 3), ...; for
 each pair the second latent copies each of the first's sub-spaces, the free one included, with
-probability 1/2 (`pair_latents`), so some pairs differ in one attribute's sub-space only. With `d = ||E_j(x_a) - E_j(x_b)||_2` the loss of a pair is
+probability 1/2 (`pair_latents`), so some pairs differ in one attribute's sub-space only. With
+`d = ||E_j(x_a) - E_j(x_b)||_2` the loss of a pair is
 `max(0, d - pos_margin)` when the sub-space is shared (pulled together) and
 `max(0, neg_margin - d)` otherwise (pushed apart), averaged over pairs and summed over
 attributes with weight `control_weight`. It is added to G's loss at every G step.
@@ -62,10 +63,10 @@ class AttributeNet(nn.Module):
     class scores `(B, K)` when `classes` is given, else the value in [0, 1] `(B, 1)`.
 
     The class scores are linear, trained by least squares towards the one-hot class (an image of
-    class k lies near corner k), not probabilities: a softmax saturates, so a generator whose
-    images all have one confident class would get no gradient from the push-apart loss, and a
-    generator's colour control collapsed to one colour that way. Linear scores keep a gradient
-    everywhere and put an image between two classes between their corners."""
+    class k lies near corner k), not probabilities: through a saturated softmax the push-apart
+    loss has almost no gradient, and with probabilities the demo's colour control stayed at the
+    uncontrolled level. Linear scores keep a gradient everywhere and put an image between two
+    classes between their corners."""
 
     def __init__(self, classes: Optional[Sequence[str]] = None, width: int = 16):
         super().__init__()
