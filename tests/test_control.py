@@ -78,7 +78,8 @@ def test_pair_latents_shares_exactly_the_drawn_subspaces():
     # the free sub-space is shared with probability 1/2 as well (not reported: it has no loss), so
     # some pairs differ only in controlled sub-spaces and a loss sees what each one alone does
     free = lay.slice("free")
-    shared_free = torch.tensor([torch.equal(z2[2 * i + 1, free], z[2 * i, free]) for i in range(20)])
+    shared_free = torch.tensor([torch.equal(z2[2 * i + 1, free], z[2 * i, free])
+                                for i in range(20)])
     assert all(shared_free[i] or torch.equal(z2[2 * i + 1, free], z[2 * i + 1, free])
                for i in range(20))
     assert 0 < shared_free.float().mean() < 1
@@ -111,7 +112,7 @@ def test_shapes_attributes_match_the_images():
 
 def test_attribute_net_class_scores_are_linear_corners():
     """A class attribute's embedding is least-squares class scores: near the one-hot corner of the
-    image's class, and not a softmax (which saturates and leaves the push-apart loss no gradient)."""
+    image's class, and not a softmax (which saturates: the push-apart loss gets no gradient)."""
     src = ShapesSource(512, 8, seed=0)
     net, acc = train_attribute_net(src, "colour", steps=150)
     assert acc > 0.9

@@ -2,8 +2,8 @@
 
 It trains a controllable TransGAN (the demo's class-conditional 16x16 model on `shapes-centred`,
 `--control colour,background`) and the demo's model itself (the uncontrolled baseline), fits
-control encoders to both (control_fit.py), and measures with attribute networks trained independently
-(another data seed) from the ones used in training:
+control encoders to both (control_fit.py), and measures with attribute networks trained
+independently (another data seed) from the ones used in training:
 (a) control accuracy: the evaluation networks recover the requested value (accuracy for a
     class attribute, mean absolute error for a value);
 (b) disentanglement: resampling one attribute's sub-space changes the predictions of the others
