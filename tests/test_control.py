@@ -269,7 +269,8 @@ def test_every_control_option_in_help():
     for opt in ("--checkpoint", "--out", "--n ", "--steps", "--seed", "--raw", "--backend"):
         assert opt in fit, opt
     demo = r.invoke(main, ["control-demo", "--help"]).output
-    for opt in ("--outdir", "--kimg", "--baseline", "--quick", "--seed", "--progress"):
+    for opt in ("--outdir", "--kimg", "--baseline", "--quick", "--unconditional", "--seed",
+                "--progress"):
         assert opt in demo, opt
 
 
@@ -279,7 +280,11 @@ def test_control_demo_runs_a_fixed_amount_of_work(tmp_path):
                            progress=False)
     assert res["kimg"] >= 0.05 and res["kimg"] < 0.05 + 0.032  # one batch of 16 past the target
     assert set(res["control"]) == {"colour", "background"}
-    assert os.path.isfile(res["grid"])
+    assert os.path.isfile(res["grid"]) and 0 <= res["class_accuracy"] <= 1
+    res = run_control_demo(str(tmp_path / "u"), kimg=0.05, quick=True, seed=1, baseline=False,
+                           progress=False, unconditional=True)
+    assert set(res["control"]) == {"colour", "background", "size"}
+    assert res["class_accuracy"] is None and "-shapes-b16-ctrl" in res["checkpoint"]
     with pytest.raises(ValueError, match="kimg must be > 0; got 0"):
         run_control_demo(str(tmp_path), kimg=0.0, quick=True)
     bad = CliRunner().invoke(main, ["control-demo", "--kimg", "-1"])
@@ -300,6 +305,16 @@ def test_control_demo_uses_the_demo_recipe():
     assert ctl.cond == "class" and CONTROL_KIMG == DEMO_KIMG == control_demo_config().kimg
     assert control_demo_config(kimg=2.0, seed=3).kimg == 2.0
     assert control_demo_config(kimg=2.0, seed=3).seed == 3
+    # --unconditional: the same model and recipe without the class, on `shapes`, size controlled
+    uc = control_demo_config(unconditional=True)
+    ub = control_demo_config(controlled=False, unconditional=True)
+    assert uc.cond == ub.cond == "none" and uc.data == ub.data == "shapes"
+    assert uc.control == "colour,background,size" and ub.control == ""
+    assert "class_dim" not in uc.model and uc.model == ub.model
+    demo = demo_config()
+    assert {k: v for k, v in demo.model.items() if k != "class_dim"} == uc.model
+    for k in ("kimg", "lr_g", "lr_decay", "lr_decay_start", "batch", "g_batch", "loss", "seed"):
+        assert getattr(uc, k) == getattr(ub, k) == getattr(demo, k), k
 
 
 class _CondG(torch.nn.Module):

@@ -222,14 +222,17 @@ def fit_control_cmd(ckpt, out, n, steps, seed, raw, backend):
               "(as long again) and measure it the same way.")
 @click.option("--quick", is_flag=True, help="A tiny model for a few seconds (tests, smoke "
               "checks) [default: off].")
+@click.option("--unconditional", is_flag=True, help="The demo's model without the class, on "
+              "'shapes' (shapes of varied size and place), with colour, background and size "
+              "controlled [default: off].")
 @click.option("--seed", type=int, default=0, help="Random seed.")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
-def control_demo(outdir, kimg, baseline, quick, seed, progress):
+def control_demo(outdir, kimg, baseline, quick, unconditional, seed, progress):
     """GAN-Control on the demo's class-conditional shapes model: train it with colour and
     background controlled, fit encoders, measure control accuracy and disentanglement against the
     uncontrolled demo model, write control_grid.png."""
     _require_train_extra()
     from ..train.control_demo import format_report, run_control_demo
-    res = run_control_demo(outdir, kimg, quick, seed, baseline, progress)
+    res = run_control_demo(outdir, kimg, quick, seed, baseline, progress, unconditional)
     click.echo(format_report(res))
     click.echo(f"wrote {res['grid']} and control.json beside it")

@@ -25,26 +25,35 @@ from .demo import DEMO_KIMG, demo_config
 
 __all__ = ["CONTROL_ATTRIBUTES", "control_demo_config", "evaluation_nets", "measure_control",
            "measure_disentanglement", "measure_class", "control_grid", "evaluate_runs",
-           "format_report", "run_control_demo", "CONTROL_KIMG"]
+           "format_report", "run_control_demo", "CONTROL_KIMG", "UNCONDITIONAL_ATTRIBUTES"]
 
 # The controlled attributes: the shape's kind is the class of the demo's class-conditional model;
 # on `shapes-centred` the size varies little and the position not at all.
 CONTROL_ATTRIBUTES = "colour,background"
+# The unconditional variant (`--unconditional`): the demo's model without the class, on `shapes`
+# (shapes of varied size and place), so the size can be controlled too.
+UNCONDITIONAL_ATTRIBUTES = "colour,background,size"
 # The default run length of each of the two runs (images shown to D / 1000): the demo's.
 CONTROL_KIMG = DEMO_KIMG
 
 
 def control_demo_config(quick: bool = False, controlled: bool = True, kimg: Optional[float] = None,
-                        seed: int = 0) -> TrainConfig:
+                        seed: int = 0, unconditional: bool = False) -> TrainConfig:
     """The control demo's resolved TrainConfig: the demo's (`demo.demo_config`: class-conditional,
     `shapes-centred`, rates decaying over the second half) plus `CONTROL_ATTRIBUTES` in 8 latent
-    entries each; `controlled=False`: the demo's own config, the uncontrolled baseline."""
+    entries each; `controlled=False`: the demo's own config, the uncontrolled baseline.
+    `unconditional`: the same model without the class, on `shapes`, controlling
+    `UNCONDITIONAL_ATTRIBUTES`."""
     base = demo_config(quick, kimg=kimg or (None if quick else CONTROL_KIMG), seed=seed)
+    if unconditional:
+        model = {k: v for k, v in base.model.items() if k != "class_dim"}
+        base = resolve_config(base, cond="none", num_classes=None, data="shapes", model=model)
     if not controlled:
         return base
     # The default loss weight, 1: at 3 the colour was controlled as well but the images were
     # worse (seed 1: SWD 60% of initial at 3, 29% at 1, the demo's 21%).
-    return resolve_config(base, control=CONTROL_ATTRIBUTES, control_dim=8, control_weight=1.0,
+    names = UNCONDITIONAL_ATTRIBUTES if unconditional else CONTROL_ATTRIBUTES
+    return resolve_config(base, control=names, control_dim=8, control_weight=1.0,
                           control_net_steps=100 if quick else 200)
 
 
@@ -224,7 +233,8 @@ def format_report(res: Dict) -> str:
 
 
 def run_control_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: bool = False,
-                     seed: int = 0, baseline: bool = True, progress: bool = True) -> Dict:
+                     seed: int = 0, baseline: bool = True, progress: bool = True,
+                     unconditional: bool = False) -> Dict:
     """Train the controllable demo model for `kimg` (default `CONTROL_KIMG`; with `baseline`, the
     uncontrolled one for as many images), then `evaluate_runs`; returns its dict (with `seconds`
     of each training run). The length is work, not time, so the result does not depend on load."""
@@ -233,7 +243,8 @@ def run_control_demo(outdir: str = "runs", kimg: Optional[float] = None, quick: 
         raise ValueError(f"control demo: kimg must be > 0; got {kimg}")
     runs = {}
     for tag in ("controlled", "baseline") if baseline else ("controlled",):
-        cfg = control_demo_config(quick, controlled=tag == "controlled", kimg=kimg, seed=seed)
+        cfg = control_demo_config(quick, controlled=tag == "controlled", kimg=kimg, seed=seed,
+                                  unconditional=unconditional)
         runs[tag] = run_training(cfg, outdir, resume=None, progress=progress)
     res = evaluate_runs(runs["controlled"].run_dir,
                         runs["baseline"].run_dir if baseline else None,
